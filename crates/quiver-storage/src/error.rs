@@ -1,0 +1,92 @@
+//! Errors raised by the storage layer.
+
+use std::time::Duration;
+
+/// A storage failure, classified so that callers can map it to a precise status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database URL or a storage option is not acceptable.
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+
+    /// The store could not be reached or a connection could not be opened.
+    #[error("cannot connect to {target}: {message}")]
+    Connect {
+        /// Redacted description of what was being connected to.
+        target: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// No pooled connection became free within the acquire timeout.
+    #[error("no database connection available within {timeout:?} (pool of {max_size} exhausted)")]
+    PoolTimeout {
+        /// The configured acquire timeout.
+        timeout: Duration,
+        /// The configured maximum pool size.
+        max_size: u32,
+    },
+
+    /// A table named by the caller does not exist.
+    #[error("table not found: {0}")]
+    TableNotFound(String),
+
+    /// A value read from the store does not fit the Arrow type of its column.
+    #[error("column '{column}': cannot read {value} as {target}")]
+    Conversion {
+        /// The column being read.
+        column: String,
+        /// Short description of the offending value.
+        value: String,
+        /// The Arrow type the column maps to.
+        target: String,
+    },
+
+    /// A bound parameter has a type the store cannot take.
+    #[error("parameter {index}: {message}")]
+    Parameter {
+        /// One-based parameter position.
+        index: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// The statement was cancelled by the caller or hit its deadline.
+    #[error("statement cancelled: {0}")]
+    Cancelled(String),
+
+    /// An error reported by SQLite.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+
+    /// Arrow could not build a batch.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    /// Filesystem failure (creating the data directory, for example).
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A blocking task panicked or was aborted: a bug.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The SQLite primary result code, when this error came from SQLite.
+    pub fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => Some(failure.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(err: tokio::task::JoinError) -> Self {
+        Error::Internal(format!("blocking storage task failed: {err}"))
+    }
+}
+
+/// Result type of the storage layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

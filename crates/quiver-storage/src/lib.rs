@@ -1,0 +1,28 @@
+//! Quiver's storage layer: pooled connections to the store, its catalog, and rows
+//! read as Arrow record batches.
+//!
+//! This crate knows nothing of DataFusion or gRPC, so it builds and tests fast.
+//!
+//! # Layout
+//! - [`store`]: [`Store`], the backend-independent handle (open by URL, query, execute,
+//!   catalog, pool status).
+//! - [`sqlite`]: the embedded SQLite backend — a bb8 pool of reader connections, one
+//!   writer, and the SQLite→Arrow type mapping ([`sqlite::types`]).
+//! - [`catalog`]: schemas, tables, columns, keys and indexes as introspected.
+//! - [`value`]: parameter values bound to statements.
+//! - [`time`]: ISO-8601 date/time text ↔ Arrow units.
+//! - [`demo`]: the deterministic task-management demo data set.
+//! - [`error`]: [`Error`] and [`Result`].
+
+pub mod catalog;
+pub mod demo;
+pub mod error;
+pub mod sqlite;
+pub mod store;
+pub mod time;
+pub mod value;
+
+pub use catalog::{Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind};
+pub use error::{Error, Result};
+pub use store::{BatchStream, Dialect, PoolOptions, PoolStatus, Store, StoreLocation, StoreOptions};
+pub use value::Value;

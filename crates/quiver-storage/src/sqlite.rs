@@ -1,0 +1,180 @@
+//! The embedded SQLite backend: a pool of reader connections and one writer.
+//!
+//! Readers come from a bb8 pool of `query_only` connections; all writes go through a
+//! single writer connection behind an async mutex, which is SQLite's own concurrency
+//! model (one writer, many readers under WAL) made explicit. Every SQLite call runs on
+//! tokio's blocking threads, never on the async workers.
+
+mod introspect;
+mod pool;
+mod read;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use rusqlite::Connection;
+use tokio::sync::{Mutex, mpsc};
+use tracing::Instrument;
+
+pub use introspect::{INTERNAL_TABLE_PREFIX, SQLITE_SCHEMA};
+pub use pool::SqliteOptions;
+
+use self::pool::{SqliteManager, open_connection};
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::store::{BatchStream, PoolOptions, PoolStatus};
+use crate::value::Value;
+
+/// SQLite VM instructions between two checks whether the reader went away.
+const PROGRESS_CHECK_INSTRUCTIONS: i32 = 10_000;
+
+/// A SQLite database file served through a reader pool and a single writer.
+#[derive(Debug)]
+pub(crate) struct SqliteStore {
+    path: PathBuf,
+    readers: bb8::Pool<SqliteManager>,
+    writer: Arc<Mutex<Connection>>,
+    pool_options: PoolOptions,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and warms the reader pool.
+    pub(crate) async fn open(path: &Path, pool_options: &PoolOptions, options: &SqliteOptions) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let writer = {
+            let path = path.to_owned();
+            let options = options.clone();
+            tokio::task::spawn_blocking(move || open_connection(&path, &options, false)).await??
+        };
+        let manager = SqliteManager {
+            path: path.to_owned(),
+            options: options.clone(),
+        };
+        let readers = bb8::Pool::builder()
+            .max_size(pool_options.max_size)
+            .min_idle(pool_options.min_idle)
+            .connection_timeout(pool_options.acquire_timeout)
+            .idle_timeout(pool_options.idle_timeout)
+            .max_lifetime(pool_options.max_lifetime)
+            .test_on_check_out(true)
+            .queue_strategy(bb8::QueueStrategy::Fifo)
+            .build(manager)
+            .await?;
+        Ok(Self {
+            path: path.to_owned(),
+            readers,
+            writer: Arc::new(Mutex::new(writer)),
+            pool_options: pool_options.clone(),
+        })
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn reader(&self) -> Result<bb8::PooledConnection<'static, SqliteManager>> {
+        self.readers.get_owned().await.map_err(|err| match err {
+            bb8::RunError::User(err) => err,
+            bb8::RunError::TimedOut => Error::PoolTimeout {
+                timeout: self.pool_options.acquire_timeout,
+                max_size: self.pool_options.max_size,
+            },
+        })
+    }
+
+    /// Runs `f` on a pooled reader connection on a blocking thread.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let mut conn = self.reader().await?;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&mut conn))).await?
+    }
+
+    /// Runs `f` on the writer connection on a blocking thread; writes are serialized.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let mut conn = Arc::clone(&self.writer).lock_owned().await;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&mut conn))).await?
+    }
+
+    /// Streams the rows of `sql` as batches shaped like `schema`.
+    ///
+    /// The rows are read on a blocking thread into a channel of two batches, so memory
+    /// stays bounded however large the result. Dropping the stream interrupts the
+    /// statement at its next progress check.
+    pub(crate) async fn query(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<BatchStream> {
+        let mut conn = self.reader().await?;
+        let (sender, receiver) = mpsc::channel::<Result<RecordBatch>>(2);
+        let span = tracing::debug_span!("storage.sqlite.read", db.system.name = "sqlite", db.query.text = %sql, rows = tracing::field::Empty);
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let watcher = sender.clone();
+            let mut rows = 0usize;
+            let outcome = conn
+                .progress_handler(PROGRESS_CHECK_INSTRUCTIONS, Some(move || watcher.is_closed()))
+                .map_err(Error::from)
+                .and_then(|()| {
+                    read::read_batches(&conn, &sql, &params, &schema, batch_size, |batch| {
+                        rows += batch.num_rows();
+                        sender.blocking_send(Ok(batch)).is_ok()
+                    })
+                });
+            let outcome = outcome.and(conn.progress_handler(0, None::<fn() -> bool>).map_err(Error::from));
+            span.record("rows", rows);
+            if let Err(err) = outcome {
+                // An interrupt because the reader left is not an error anyone can see.
+                if !sender.is_closed() {
+                    let _ = sender.blocking_send(Err(err));
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+    }
+
+    /// Reads the catalog.
+    pub(crate) async fn catalog(&self) -> Result<Catalog> {
+        self.read(|conn| introspect::read_catalog(conn))
+            .instrument(tracing::debug_span!("storage.sqlite.catalog"))
+            .await
+    }
+
+    /// Checks that a reader connection answers.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let conn = self.reader().await?;
+        drop(conn);
+        Ok(())
+    }
+
+    /// Current pool occupancy.
+    pub(crate) fn pool_status(&self) -> PoolStatus {
+        let state = self.readers.state();
+        PoolStatus {
+            max_size: self.pool_options.max_size,
+            connections: state.connections,
+            idle: state.idle_connections,
+            waiting: state.statistics.pending_gets(),
+            acquired: state.statistics.get_direct + state.statistics.get_waited,
+            acquire_timeouts: state.statistics.get_timed_out,
+            connections_created: state.statistics.connections_created,
+        }
+    }
+}

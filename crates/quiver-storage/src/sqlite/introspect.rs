@@ -1,0 +1,210 @@
+//! Reading SQLite's catalog through its pragmas.
+
+use std::collections::BTreeMap;
+
+use rusqlite::Connection;
+
+use super::types::{ObservedClasses, arrow_type_for_declared};
+use crate::catalog::{
+    Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
+};
+use crate::error::Result;
+
+/// The only schema of a SQLite database as Quiver exposes it.
+pub const SQLITE_SCHEMA: &str = "main";
+
+/// Prefix of the tables Quiver keeps for itself; they are not part of the user catalog.
+pub const INTERNAL_TABLE_PREFIX: &str = "_quiver_";
+
+/// Rows sampled to infer the type of a column that has no declared type.
+const INFERENCE_SAMPLE_ROWS: usize = 100;
+
+/// Reads the catalog of the `main` database. Blocking.
+pub(crate) fn read_catalog(conn: &Connection) -> Result<Catalog> {
+    let mut statement = conn.prepare(
+        "SELECT name, type FROM sqlite_schema
+         WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+         ORDER BY name",
+    )?;
+    let relations = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut tables = Vec::with_capacity(relations.len());
+    for (name, kind) in relations {
+        if name.starts_with(INTERNAL_TABLE_PREFIX) {
+            continue;
+        }
+        let kind = if kind == "view" { TableKind::View } else { TableKind::Table };
+        tables.push(read_table(conn, &name, kind)?);
+    }
+    Ok(Catalog {
+        schemas: vec![SchemaInfo {
+            name: SQLITE_SCHEMA.to_owned(),
+            tables,
+        }],
+    })
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInfo> {
+    struct RawColumn {
+        name: String,
+        declared: String,
+        not_null: bool,
+        default: Option<String>,
+        pk_position: i64,
+    }
+    let mut statement = conn.prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")?;
+    let raw = statement
+        .query_map([name], |row| {
+            Ok(RawColumn {
+                name: row.get(0)?,
+                declared: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                not_null: row.get(2)?,
+                default: row.get(3)?,
+                pk_position: row.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+
+    let mut primary_key: Vec<(i64, String)> = raw
+        .iter()
+        .filter(|c| c.pk_position > 0)
+        .map(|c| (c.pk_position, c.name.clone()))
+        .collect();
+    primary_key.sort();
+    let primary_key: Vec<String> = primary_key.into_iter().map(|(_, name)| name).collect();
+    // `INTEGER PRIMARY KEY` aliases the rowid, which is never NULL.
+    let rowid_alias = match raw.iter().filter(|c| c.pk_position > 0).collect::<Vec<_>>().as_slice() {
+        [only] if only.declared.eq_ignore_ascii_case("INTEGER") => Some(only.name.clone()),
+        _ => None,
+    };
+
+    let untyped: Vec<usize> = raw
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| arrow_type_for_declared(&c.declared).is_none())
+        .map(|(i, _)| i)
+        .collect();
+    let inferred = if untyped.is_empty() {
+        Vec::new()
+    } else {
+        infer_types(conn, name, &raw.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), &untyped)?
+    };
+
+    let columns = raw
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let data_type = arrow_type_for_declared(&c.declared).unwrap_or_else(|| {
+                inferred
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, classes)| classes.arrow_type())
+                    .unwrap_or(arrow::datatypes::DataType::Utf8)
+            });
+            let nullable = !c.not_null && rowid_alias.as_deref() != Some(c.name.as_str());
+            ColumnInfo {
+                name: c.name,
+                declared_type: c.declared,
+                data_type,
+                nullable,
+                default: c.default,
+            }
+        })
+        .collect();
+
+    Ok(TableInfo {
+        schema: SQLITE_SCHEMA.to_owned(),
+        name: name.to_owned(),
+        kind,
+        columns,
+        foreign_keys: read_foreign_keys(conn, name, &primary_key)?,
+        primary_key,
+        indexes: if kind == TableKind::Table { read_indexes(conn, name)? } else { Vec::new() },
+    })
+}
+
+/// Samples stored values of the untyped columns to pick their Arrow types.
+fn infer_types(
+    conn: &Connection,
+    table: &str,
+    columns: &[&str],
+    untyped: &[usize],
+) -> Result<Vec<(usize, ObservedClasses)>> {
+    let select = untyped.iter().map(|&i| quote(columns[i])).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {select} FROM {} LIMIT {INFERENCE_SAMPLE_ROWS}", quote(table));
+    let mut observed = vec![ObservedClasses::default(); untyped.len()];
+    let mut statement = conn.prepare(&sql)?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        for (slot, classes) in observed.iter_mut().enumerate() {
+            classes.observe(row.get_ref(slot)?);
+        }
+    }
+    Ok(untyped.iter().copied().zip(observed).collect())
+}
+
+fn read_foreign_keys(conn: &Connection, table: &str, _own_key: &[String]) -> Result<Vec<ForeignKey>> {
+    let mut statement = conn.prepare(
+        "SELECT id, seq, \"table\", \"from\", \"to\", on_update, on_delete
+         FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+    )?;
+    let mut grouped: BTreeMap<i64, ForeignKey> = BTreeMap::new();
+    let mut missing_targets: Vec<i64> = Vec::new();
+    let mut rows = statement.query([table])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let referenced_table: String = row.get(2)?;
+        let from: String = row.get(3)?;
+        let to: Option<String> = row.get(4)?;
+        let on_update: String = row.get(5)?;
+        let on_delete: String = row.get(6)?;
+        let key = grouped.entry(id).or_insert_with(|| ForeignKey {
+            name: None,
+            columns: Vec::new(),
+            referenced_schema: SQLITE_SCHEMA.to_owned(),
+            referenced_table,
+            referenced_columns: Vec::new(),
+            on_update: ForeignKeyAction::parse(&on_update),
+            on_delete: ForeignKeyAction::parse(&on_delete),
+        });
+        key.columns.push(from);
+        match to {
+            Some(to) => key.referenced_columns.push(to),
+            None => missing_targets.push(id),
+        }
+    }
+    // `REFERENCES parent` without columns refers to the parent's primary key.
+    for id in missing_targets {
+        let Some(key) = grouped.get_mut(&id) else { continue };
+        if key.referenced_columns.len() == key.columns.len() {
+            continue;
+        }
+        let mut parent_key = conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
+        key.referenced_columns = parent_key
+            .query_map([&key.referenced_table], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+    }
+    Ok(grouped.into_values().collect())
+}
+
+fn read_indexes(conn: &Connection, table: &str) -> Result<Vec<IndexInfo>> {
+    let mut list = conn.prepare("SELECT name, \"unique\" FROM pragma_index_list(?1) ORDER BY name")?;
+    let indexes = list
+        .query_map([table], |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut info = conn.prepare("SELECT coalesce(name, '<expression>') FROM pragma_index_info(?1) ORDER BY seqno")?;
+    indexes
+        .into_iter()
+        .map(|(name, unique)| {
+            let columns = info
+                .query_map([&name], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(IndexInfo { name, columns, unique })
+        })
+        .collect()
+}

@@ -1,0 +1,160 @@
+//! SQLite declared types → Arrow types.
+//!
+//! SQLite is dynamically typed: a column's declared type only gives it an *affinity*.
+//! Quiver reads every column as one Arrow type chosen from the declared type:
+//!
+//! | declared type (case-insensitive)                 | Arrow type                    |
+//! |--------------------------------------------------|-------------------------------|
+//! | `BOOL`, `BOOLEAN`                                | `Boolean`                     |
+//! | `DATE`                                           | `Date32`                      |
+//! | `DATETIME`, `TIMESTAMP`                          | `Timestamp(µs, none)`         |
+//! | `TIMESTAMPTZ`, `TIMESTAMP WITH TIME ZONE`        | `Timestamp(µs, "UTC")`        |
+//! | `TIME`                                           | `Time64(µs)`                  |
+//! | contains `INT` (SQLite's INTEGER affinity)       | `Int64`                       |
+//! | contains `CHAR`, `CLOB`, `TEXT`                  | `Utf8`                        |
+//! | contains `BLOB`                                  | `Binary`                      |
+//! | contains `REAL`, `FLOA`, `DOUB`                  | `Float64`                     |
+//! | anything else (`NUMERIC`, `DECIMAL(p,s)`, …)     | `Float64` (NUMERIC affinity)  |
+//! | no declared type (view expressions)              | inferred from stored values   |
+//!
+//! NUMERIC affinity stores values as 8-byte INTEGER or REAL, so `Float64` loses
+//! nothing SQLite kept except integers beyond 2^53. Date and time columns accept the
+//! ISO-8601 text SQLite's date functions produce, Unix seconds (INTEGER) and Julian
+//! day numbers (REAL).
+
+use arrow::datatypes::{DataType, TimeUnit};
+
+/// The Arrow type a column with this declared type is read as, or `None` when the
+/// declared type is empty and the type must be inferred from the values.
+pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
+    let upper = declared.trim().to_ascii_uppercase();
+    if upper.is_empty() {
+        return None;
+    }
+    // The base name without a length/precision suffix: `VARCHAR(20)` → `VARCHAR`.
+    let base = upper.split('(').next().unwrap_or("").trim();
+    let data_type = match base {
+        "BOOL" | "BOOLEAN" => DataType::Boolean,
+        "DATE" => DataType::Date32,
+        "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => {
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        }
+        "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        "TIME" => DataType::Time64(TimeUnit::Microsecond),
+        _ if upper.contains("INT") => DataType::Int64,
+        _ if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") => DataType::Utf8,
+        _ if upper.contains("BLOB") => DataType::Binary,
+        _ if upper.contains("REAL") || upper.contains("FLOA") || upper.contains("DOUB") => DataType::Float64,
+        _ => DataType::Float64,
+    };
+    Some(data_type)
+}
+
+/// The SQLite storage classes seen in a column with no declared type.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ObservedClasses {
+    /// An INTEGER value was seen.
+    pub integer: bool,
+    /// A REAL value was seen.
+    pub real: bool,
+    /// A TEXT value was seen.
+    pub text: bool,
+    /// A BLOB value was seen.
+    pub blob: bool,
+}
+
+impl ObservedClasses {
+    /// Records the storage class of one value.
+    pub fn observe(&mut self, value: rusqlite::types::ValueRef<'_>) {
+        use rusqlite::types::ValueRef;
+        match value {
+            ValueRef::Null => {}
+            ValueRef::Integer(_) => self.integer = true,
+            ValueRef::Real(_) => self.real = true,
+            ValueRef::Text(_) => self.text = true,
+            ValueRef::Blob(_) => self.blob = true,
+        }
+    }
+
+    /// The narrowest Arrow type that holds every value seen: integers → `Int64`,
+    /// numbers → `Float64`, blobs only → `Binary`, anything else → `Utf8`.
+    pub fn arrow_type(self) -> DataType {
+        match (self.integer, self.real, self.text, self.blob) {
+            (true, false, false, false) => DataType::Int64,
+            (_, true, false, false) => DataType::Float64,
+            (false, false, false, true) => DataType::Binary,
+            _ => DataType::Utf8,
+        }
+    }
+}
+
+/// The declared type Quiver creates a column with for an Arrow type (bulk ingest, DDL).
+pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
+    Some(match data_type {
+        DataType::Boolean => "BOOLEAN",
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => "INTEGER",
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => "REAL",
+        DataType::Decimal128(_, _) | DataType::Decimal256(_, _) | DataType::UInt64 => "NUMERIC",
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT",
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => "BLOB",
+        DataType::Date32 | DataType::Date64 => "DATE",
+        DataType::Timestamp(_, None) => "TIMESTAMP",
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ",
+        DataType::Time32(_) | DataType::Time64(_) => "TIME",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_types_follow_affinity_rules() {
+        let cases = [
+            ("INTEGER", DataType::Int64),
+            ("bigint", DataType::Int64),
+            ("UNSIGNED BIG INT", DataType::Int64),
+            ("VARCHAR(255)", DataType::Utf8),
+            ("text", DataType::Utf8),
+            ("CLOB", DataType::Utf8),
+            ("BLOB", DataType::Binary),
+            ("REAL", DataType::Float64),
+            ("DOUBLE PRECISION", DataType::Float64),
+            ("FLOAT", DataType::Float64),
+            ("NUMERIC", DataType::Float64),
+            ("DECIMAL(10,5)", DataType::Float64),
+            ("BOOLEAN", DataType::Boolean),
+            ("DATE", DataType::Date32),
+            ("DATETIME", DataType::Timestamp(TimeUnit::Microsecond, None)),
+            ("timestamp", DataType::Timestamp(TimeUnit::Microsecond, None)),
+            ("TIMESTAMPTZ", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            ("TIME", DataType::Time64(TimeUnit::Microsecond)),
+        ];
+        for (declared, expected) in cases {
+            assert_eq!(arrow_type_for_declared(declared), Some(expected), "{declared}");
+        }
+        assert_eq!(arrow_type_for_declared("  "), None);
+    }
+
+    #[test]
+    fn inferred_types_hold_every_value() {
+        use rusqlite::types::ValueRef;
+        let infer = |values: &[ValueRef<'_>]| {
+            let mut classes = ObservedClasses::default();
+            values.iter().for_each(|v| classes.observe(*v));
+            classes.arrow_type()
+        };
+        assert_eq!(infer(&[ValueRef::Integer(1), ValueRef::Null]), DataType::Int64);
+        assert_eq!(infer(&[ValueRef::Integer(1), ValueRef::Real(1.5)]), DataType::Float64);
+        assert_eq!(infer(&[ValueRef::Integer(1), ValueRef::Text(b"x")]), DataType::Utf8);
+        assert_eq!(infer(&[ValueRef::Blob(b"x")]), DataType::Binary);
+        assert_eq!(infer(&[]), DataType::Utf8);
+    }
+}
