@@ -1,1 +1,23 @@
-//! quiver-query
+//! Quiver's query engine: DataFusion over the store.
+//!
+//! # Layout
+//! - [`engine`]: [`QueryEngine`] — the session whose catalog mirrors the store; plans
+//!   queries ([`PreparedQuery`]) and streams their results.
+//! - [`provider`]: [`provider::StoreTable`], the table provider that pushes projection,
+//!   filters and limit into SQL run on the store, and its scan operator.
+//! - [`pushdown`]: which DataFusion filters the store evaluates identically, rendered
+//!   as SQL with bound parameters.
+//! - [`params`]: `?` placeholders and bound values.
+//! - [`normalize`]: result types every Arrow client reads.
+//! - [`error`]: [`Error`] and [`Result`].
+
+pub mod engine;
+pub mod error;
+pub mod normalize;
+pub mod params;
+pub mod provider;
+mod pushdown;
+
+pub use engine::{CATALOG_NAME, EngineConfig, PreparedQuery, QueryEngine};
+pub use error::{Error, Result};
+pub use params::Parameter;

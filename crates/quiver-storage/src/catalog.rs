@@ -71,6 +71,8 @@ pub struct TableInfo {
     pub foreign_keys: Vec<ForeignKey>,
     /// Indexes on this table.
     pub indexes: Vec<IndexInfo>,
+    /// Row count from the store's planner statistics, when it has any.
+    pub estimated_rows: Option<u64>,
 }
 
 impl TableInfo {

@@ -29,13 +29,22 @@ pub(crate) fn read_catalog(conn: &Connection) -> Result<Catalog> {
     let relations = statement
         .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let has_stats: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_stat1'",
+        [],
+        |row| row.get(0),
+    )?;
     let mut tables = Vec::with_capacity(relations.len());
     for (name, kind) in relations {
         if name.starts_with(INTERNAL_TABLE_PREFIX) {
             continue;
         }
         let kind = if kind == "view" { TableKind::View } else { TableKind::Table };
-        tables.push(read_table(conn, &name, kind)?);
+        let mut table = read_table(conn, &name, kind)?;
+        if has_stats {
+            table.estimated_rows = estimated_rows(conn, &name)?;
+        }
+        tables.push(table);
     }
     Ok(Catalog {
         schemas: vec![SchemaInfo {
@@ -122,10 +131,21 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
         name: name.to_owned(),
         kind,
         columns,
-        foreign_keys: read_foreign_keys(conn, name, &primary_key)?,
+        foreign_keys: read_foreign_keys(conn, name)?,
         primary_key,
         indexes: if kind == TableKind::Table { read_indexes(conn, name)? } else { Vec::new() },
+        estimated_rows: None,
     })
+}
+
+/// The row count `ANALYZE` recorded in `sqlite_stat1` (the first number of a stat row).
+fn estimated_rows(conn: &Connection, table: &str) -> Result<Option<u64>> {
+    let mut statement = conn.prepare_cached("SELECT stat FROM sqlite_stat1 WHERE tbl = ?1 LIMIT 1")?;
+    let stat: Option<String> = statement.query_row([table], |row| row.get(0)).map(Some).or_else(|err| match err {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        err => Err(err),
+    })?;
+    Ok(stat.and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok())))
 }
 
 /// Samples stored values of the untyped columns to pick their Arrow types.
@@ -148,7 +168,7 @@ fn infer_types(
     Ok(untyped.iter().copied().zip(observed).collect())
 }
 
-fn read_foreign_keys(conn: &Connection, table: &str, _own_key: &[String]) -> Result<Vec<ForeignKey>> {
+fn read_foreign_keys(conn: &Connection, table: &str) -> Result<Vec<ForeignKey>> {
     let mut statement = conn.prepare(
         "SELECT id, seq, \"table\", \"from\", \"to\", on_update, on_delete
          FROM pragma_foreign_key_list(?1) ORDER BY id, seq",

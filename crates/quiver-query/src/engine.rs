@@ -1,0 +1,244 @@
+//! The query engine: a DataFusion session whose catalog mirrors the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use quiver_storage::{Catalog, Store};
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::normalize::{client_schema, to_client_batch};
+use crate::params::{Parameter, coerce_values, number_placeholders};
+use crate::provider::StoreTable;
+
+/// The catalog name the store's schemas appear under.
+pub const CATALOG_NAME: &str = "quiver";
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Rows per batch inside DataFusion.
+    pub batch_size: usize,
+    /// Parallelism of DataFusion operators.
+    pub target_partitions: usize,
+    /// Memory DataFusion operators may hold at once (sorts, joins, aggregates); `None`
+    /// for no limit. Operators that would exceed it fail with "resources exhausted".
+    pub memory_limit: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 8192,
+            target_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            memory_limit: Some(1 << 30),
+        }
+    }
+}
+
+/// A planned query: what it returns and which parameters it takes.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    sql: String,
+    plan: LogicalPlan,
+    parameters: Vec<Parameter>,
+    schema: SchemaRef,
+}
+
+impl PreparedQuery {
+    /// The statement text after placeholder numbering.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The schema of the rows the query returns.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The placeholders, in order.
+    pub fn parameters(&self) -> &[Parameter] {
+        &self.parameters
+    }
+
+    /// The parameters as an Arrow schema (one field per placeholder; `Null` type where
+    /// the planner could not infer one).
+    pub fn parameter_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.parameters
+                .iter()
+                .map(|p| Field::new(&p.name, p.data_type.clone().unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+/// Plans and runs SQL queries over the store.
+pub struct QueryEngine {
+    store: Store,
+    ctx: SessionContext,
+    catalog: RwLock<Arc<Catalog>>,
+}
+
+impl QueryEngine {
+    /// Builds an engine over `store`, reading its catalog.
+    pub async fn new(store: Store, config: EngineConfig) -> Result<Self> {
+        let mut session = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, store.default_schema())
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_batch_size(config.batch_size.max(1))
+            .with_target_partitions(config.target_partitions.max(1));
+        session.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = config.memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let ctx = SessionContext::new_with_config_rt(session, runtime.build_arc()?);
+        let engine = Self {
+            store,
+            ctx,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+        };
+        engine.refresh_catalog().await?;
+        Ok(engine)
+    }
+
+    /// The store the engine reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The catalog as last read from the store.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().expect("catalog lock is never poisoned: no panics while held"))
+    }
+
+    /// Re-reads the store's catalog and re-registers its tables (after DDL).
+    pub async fn refresh_catalog(&self) -> Result<()> {
+        let catalog = Arc::new(self.store.catalog().await?);
+        let provider = MemoryCatalogProvider::new();
+        for schema in &catalog.schemas {
+            let schema_provider = MemorySchemaProvider::new();
+            for table in &schema.tables {
+                let table_provider = StoreTable::new(self.store.clone(), Arc::new(table.clone()));
+                schema_provider.register_table(table.name.clone(), Arc::new(table_provider))?;
+            }
+            provider.register_schema(&schema.name, Arc::new(schema_provider))?;
+        }
+        self.ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
+        *self.catalog.write().expect("catalog lock is never poisoned: no panics while held") = catalog;
+        Ok(())
+    }
+
+    /// Parses and plans `sql`, which must be a query. `?` placeholders are accepted.
+    pub async fn prepare(&self, sql: &str) -> Result<PreparedQuery> {
+        let span = tracing::debug_span!("query.plan", db.query.text = %sql);
+        async {
+            let sql = number_placeholders(sql)?;
+            let state = self.ctx.state();
+            let plan = state.create_logical_plan(&sql).await?;
+            SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false)
+                .verify_plan(&plan)
+                .map_err(|err| Error::NotAQuery(err.find_root().to_string()))?;
+            let parameters = parameters_of(&plan)?;
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            let schema = client_schema(&schema).unwrap_or(schema);
+            Ok(PreparedQuery {
+                sql,
+                plan,
+                parameters,
+                schema,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs a prepared query with `params` bound, streaming its batches.
+    pub async fn execute(&self, query: &PreparedQuery, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
+        let span = tracing::debug_span!("query.execute");
+        async {
+            let plan = if query.parameters.is_empty() && params.is_empty() {
+                query.plan.clone()
+            } else {
+                let values = coerce_values(&query.parameters, params)?;
+                query.plan.clone().with_param_values(ParamValues::from(values))?
+            };
+            let frame = self.ctx.execute_logical_plan(plan).await?;
+            let task = Arc::new(frame.task_ctx());
+            let physical = frame
+                .create_physical_plan()
+                .instrument(tracing::debug_span!("query.physical_plan"))
+                .await?;
+            let stream = datafusion::physical_plan::execute_stream(physical, task)?;
+            Ok(to_client_stream(stream))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Plans and runs `sql` without parameters.
+    pub async fn sql(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let query = self.prepare(sql).await?;
+        self.execute(&query, Vec::new()).await
+    }
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("store", &self.store.describe())
+            .field("session_id", &self.ctx.session_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The positional placeholders of `plan` in order, with their inferred types.
+fn parameters_of(plan: &LogicalPlan) -> Result<Vec<Parameter>> {
+    let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+    let mut numbered = Vec::with_capacity(types.len());
+    for (name, data_type) in types {
+        let index: usize = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Parameter {
+                name: name.clone(),
+                message: "named placeholders are not supported; use ? or $1, $2, …".to_owned(),
+            })?;
+        numbered.push((index, Parameter { name, data_type }));
+    }
+    numbered.sort_by_key(|(index, _)| *index);
+    for (position, (index, parameter)) in numbered.iter().enumerate() {
+        if *index != position + 1 {
+            return Err(Error::Parameter {
+                name: parameter.name.clone(),
+                message: format!("placeholder ${} is missing", position + 1),
+            });
+        }
+    }
+    Ok(numbered.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Casts view types in the stream's batches to the types clients read.
+fn to_client_stream(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let Some(schema) = client_schema(&stream.schema()) else {
+        return stream;
+    };
+    let target = Arc::clone(&schema);
+    let converted = stream.map(move |batch| batch.and_then(|b| to_client_batch(&b, &target)));
+    Box::pin(RecordBatchStreamAdapter::new(schema, converted))
+}
