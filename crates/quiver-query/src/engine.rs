@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -39,7 +41,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             batch_size: 8192,
-            target_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             memory_limit: Some(1 << 30),
         }
     }
@@ -98,7 +102,10 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_batch_size(config.batch_size.max(1))
             .with_target_partitions(config.target_partitions.max(1));
-        session.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        session
+            .options_mut()
+            .sql_parser
+            .map_string_types_to_utf8view = false;
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = config.memory_limit {
             runtime = runtime.with_memory_limit(limit, 1.0);
@@ -120,7 +127,12 @@ impl QueryEngine {
 
     /// The catalog as last read from the store.
     pub fn catalog(&self) -> Arc<Catalog> {
-        Arc::clone(&self.catalog.read().expect("catalog lock is never poisoned: no panics while held"))
+        Arc::clone(
+            &self
+                .catalog
+                .read()
+                .expect("catalog lock is never poisoned: no panics while held"),
+        )
     }
 
     /// Re-reads the store's catalog and re-registers its tables (after DDL).
@@ -136,7 +148,10 @@ impl QueryEngine {
             provider.register_schema(&schema.name, Arc::new(schema_provider))?;
         }
         self.ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
-        *self.catalog.write().expect("catalog lock is never poisoned: no panics while held") = catalog;
+        *self
+            .catalog
+            .write()
+            .expect("catalog lock is never poisoned: no panics while held") = catalog;
         Ok(())
     }
 
@@ -168,14 +183,21 @@ impl QueryEngine {
     }
 
     /// Runs a prepared query with `params` bound, streaming its batches.
-    pub async fn execute(&self, query: &PreparedQuery, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
+    pub async fn execute(
+        &self,
+        query: &PreparedQuery,
+        params: Vec<ScalarValue>,
+    ) -> Result<SendableRecordBatchStream> {
         let span = tracing::debug_span!("query.execute");
         async {
             let plan = if query.parameters.is_empty() && params.is_empty() {
                 query.plan.clone()
             } else {
                 let values = coerce_values(&query.parameters, params)?;
-                query.plan.clone().with_param_values(ParamValues::from(values))?
+                query
+                    .plan
+                    .clone()
+                    .with_param_values(ParamValues::from(values))?
             };
             let frame = self.ctx.execute_logical_plan(plan).await?;
             let task = Arc::new(frame.task_ctx());

@@ -28,12 +28,22 @@ pub fn client_type(data_type: &DataType) -> DataType {
 }
 
 fn client_field(field: &FieldRef) -> FieldRef {
-    Arc::new(Field::new(field.name(), client_type(field.data_type()), field.is_nullable()).with_metadata(field.metadata().clone()))
+    Arc::new(
+        Field::new(
+            field.name(),
+            client_type(field.data_type()),
+            field.is_nullable(),
+        )
+        .with_metadata(field.metadata().clone()),
+    )
 }
 
 /// The schema results with `schema` are sent with; `None` when nothing changes.
 pub fn client_schema(schema: &Schema) -> Option<SchemaRef> {
-    let changed = schema.fields().iter().any(|f| client_type(f.data_type()) != *f.data_type());
+    let changed = schema
+        .fields()
+        .iter()
+        .any(|f| client_type(f.data_type()) != *f.data_type());
     changed.then(|| {
         Arc::new(Schema::new_with_metadata(
             schema.fields().iter().map(client_field).collect::<Vec<_>>(),
@@ -61,7 +71,7 @@ pub fn to_client_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<Record
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{StringViewArray, Int64Array};
+    use datafusion::arrow::array::{Int64Array, StringViewArray};
 
     use super::*;
 
@@ -75,10 +85,18 @@ mod tests {
         let client = client_schema(&schema).unwrap();
         assert_eq!(client.field(0).data_type(), &DataType::Utf8);
         assert_eq!(client.field(1).data_type(), &DataType::Int64);
-        assert_eq!(client.field(2).data_type(), &DataType::new_list(DataType::Utf8, true));
-        assert!(client_schema(&Schema::new(vec![Field::new("n", DataType::Int64, false)])).is_none());
+        assert_eq!(
+            client.field(2).data_type(),
+            &DataType::new_list(DataType::Utf8, true)
+        );
+        assert!(
+            client_schema(&Schema::new(vec![Field::new("n", DataType::Int64, false)])).is_none()
+        );
 
-        let small = Arc::new(Schema::new(vec![schema.field(0).clone(), schema.field(1).clone()]));
+        let small = Arc::new(Schema::new(vec![
+            schema.field(0).clone(),
+            schema.field(1).clone(),
+        ]));
         let batch = RecordBatch::try_new(
             Arc::clone(&small),
             vec![

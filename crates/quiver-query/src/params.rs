@@ -57,7 +57,9 @@ pub fn number_placeholders(sql: &str) -> Result<String> {
     let mut chars = sql.char_indices().peekable();
     while let Some((_, ch)) = chars.next() {
         match next_mark.peek() {
-            Some((mark_line, mark_column, text)) if *mark_line == line && *mark_column == column => {
+            Some((mark_line, mark_column, text))
+                if *mark_line == line && *mark_column == column =>
+            {
                 let explicit = &text[1..];
                 if explicit.is_empty() {
                     sequential += 1;
@@ -86,7 +88,10 @@ pub fn number_placeholders(sql: &str) -> Result<String> {
 }
 
 /// Converts bound values to the parameter types the planner inferred.
-pub fn coerce_values(parameters: &[Parameter], values: Vec<ScalarValue>) -> Result<Vec<ScalarValue>> {
+pub fn coerce_values(
+    parameters: &[Parameter],
+    values: Vec<ScalarValue>,
+) -> Result<Vec<ScalarValue>> {
     if parameters.len() != values.len() {
         return Err(Error::ParameterCount {
             expected: parameters.len(),
@@ -103,10 +108,12 @@ pub fn coerce_values(parameters: &[Parameter], values: Vec<ScalarValue>) -> Resu
                     message: format!("cannot use {} value {value} as {target}", value.data_type()),
                 })
             }
-            Some(target) if value.is_null() => ScalarValue::try_from(target).map_err(|err| Error::Parameter {
-                name: parameter.name.clone(),
-                message: err.to_string(),
-            }),
+            Some(target) if value.is_null() => {
+                ScalarValue::try_from(target).map_err(|err| Error::Parameter {
+                    name: parameter.name.clone(),
+                    message: err.to_string(),
+                })
+            }
             _ => Ok(value),
         })
         .collect()
@@ -135,7 +142,10 @@ mod tests {
 
     #[test]
     fn numbered_question_marks_keep_their_numbers() {
-        assert_eq!(number_placeholders("SELECT ?2, ?1").unwrap(), "SELECT $2, $1");
+        assert_eq!(
+            number_placeholders("SELECT ?2, ?1").unwrap(),
+            "SELECT $2, $1"
+        );
     }
 
     #[test]
@@ -153,17 +163,47 @@ mod tests {
     #[test]
     fn values_are_cast_to_inferred_types() {
         let parameters = vec![
-            Parameter { name: "$1".into(), data_type: Some(DataType::Int32) },
-            Parameter { name: "$2".into(), data_type: None },
-            Parameter { name: "$3".into(), data_type: Some(DataType::Utf8) },
+            Parameter {
+                name: "$1".into(),
+                data_type: Some(DataType::Int32),
+            },
+            Parameter {
+                name: "$2".into(),
+                data_type: None,
+            },
+            Parameter {
+                name: "$3".into(),
+                data_type: Some(DataType::Utf8),
+            },
         ];
-        let values = vec![ScalarValue::Int64(Some(7)), ScalarValue::Boolean(Some(true)), ScalarValue::Int64(None)];
+        let values = vec![
+            ScalarValue::Int64(Some(7)),
+            ScalarValue::Boolean(Some(true)),
+            ScalarValue::Int64(None),
+        ];
         let coerced = coerce_values(&parameters, values).unwrap();
-        assert_eq!(coerced, vec![ScalarValue::Int32(Some(7)), ScalarValue::Boolean(Some(true)), ScalarValue::Utf8(None)]);
+        assert_eq!(
+            coerced,
+            vec![
+                ScalarValue::Int32(Some(7)),
+                ScalarValue::Boolean(Some(true)),
+                ScalarValue::Utf8(None)
+            ]
+        );
 
-        let err = coerce_values(&parameters[..1], vec![ScalarValue::Utf8(Some("seven".into()))]).unwrap_err();
-        assert_eq!(err.to_string(), "parameter $1: cannot use Utf8 value seven as Int32");
+        let err = coerce_values(
+            &parameters[..1],
+            vec![ScalarValue::Utf8(Some("seven".into()))],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "parameter $1: cannot use Utf8 value seven as Int32"
+        );
         let err = coerce_values(&parameters, vec![]).unwrap_err();
-        assert_eq!(err.to_string(), "the statement has 3 parameter(s) but 0 value(s) were bound");
+        assert_eq!(
+            err.to_string(),
+            "the statement has 3 parameter(s) but 0 value(s) were bound"
+        );
     }
 }

@@ -16,8 +16,8 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
-    StatisticsArgs,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream, StatisticsArgs,
 };
 use futures::{StreamExt, TryStreamExt};
 use quiver_storage::{Store, TableInfo, TableKind, Value};
@@ -37,7 +37,11 @@ impl StoreTable {
     /// Wraps the table `info` of `store`.
     pub fn new(store: Store, info: Arc<TableInfo>) -> Self {
         let schema = info.arrow_schema();
-        Self { store, info, schema }
+        Self {
+            store,
+            info,
+            schema,
+        }
     }
 
     /// The SQL and parameters that read `projection` of this table under `filters`.
@@ -72,7 +76,9 @@ impl StoreTable {
         let mut conditions = Vec::with_capacity(filters.len());
         for filter in filters {
             let rendered = renderer.render(filter).ok_or_else(|| {
-                DataFusionError::Internal(format!("filter {filter} was accepted for pushdown but cannot be rendered"))
+                DataFusionError::Internal(format!(
+                    "filter {filter} was accepted for pushdown but cannot be rendered"
+                ))
             })?;
             conditions.push(rendered);
         }
@@ -122,9 +128,15 @@ impl TableProvider for StoreTable {
         )))
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
         let dialect = self.store.dialect();
-        Ok(filters.iter().map(|f| classify(&self.info, dialect, f)).collect())
+        Ok(filters
+            .iter()
+            .map(|f| classify(&self.info, dialect, f))
+            .collect())
     }
 
     fn statistics(&self) -> Option<Statistics> {
@@ -237,7 +249,10 @@ impl ExecutionPlan for StoreScanExec {
         let batches = futures::stream::once(async move { store.query(sql, params, schema).await })
             .try_flatten()
             .map(|item| item.map_err(|err| DataFusionError::External(Box::new(err))));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), batches)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            batches,
+        )))
     }
 
     fn statistics_from_inputs(

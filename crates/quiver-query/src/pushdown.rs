@@ -41,11 +41,13 @@ fn literal_value(value: &ScalarValue) -> Option<(Kind, Value)> {
         ScalarValue::UInt16(Some(v)) => (Kind::Number, Value::Int(i64::from(*v))),
         ScalarValue::UInt32(Some(v)) => (Kind::Number, Value::Int(i64::from(*v))),
         ScalarValue::UInt64(Some(v)) => (Kind::Number, Value::Int(i64::try_from(*v).ok()?)),
-        ScalarValue::Float32(Some(v)) if v.is_finite() => (Kind::Number, Value::Float(f64::from(*v))),
-        ScalarValue::Float64(Some(v)) if v.is_finite() => (Kind::Number, Value::Float(*v)),
-        ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => {
-            (Kind::Text, Value::Text(v.clone()))
+        ScalarValue::Float32(Some(v)) if v.is_finite() => {
+            (Kind::Number, Value::Float(f64::from(*v)))
         }
+        ScalarValue::Float64(Some(v)) if v.is_finite() => (Kind::Number, Value::Float(*v)),
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => (Kind::Text, Value::Text(v.clone())),
         _ => return None,
     })
 }
@@ -74,9 +76,14 @@ impl<'a> FilterRenderer<'a> {
     }
 
     fn column(&self, expr: &Expr) -> Option<(String, Kind)> {
-        let Expr::Column(column) = expr else { return None };
+        let Expr::Column(column) = expr else {
+            return None;
+        };
         let info = self.table.column(&column.name)?;
-        Some((self.dialect.quote_identifier(&info.name), column_kind(&info.data_type)?))
+        Some((
+            self.dialect.quote_identifier(&info.name),
+            column_kind(&info.data_type)?,
+        ))
     }
 
     /// A column or a literal of a pushable kind.
@@ -84,7 +91,9 @@ impl<'a> FilterRenderer<'a> {
         if let Some(column) = self.column(expr) {
             return Some(column);
         }
-        let Expr::Literal(value, _) = expr else { return None };
+        let Expr::Literal(value, _) = expr else {
+            return None;
+        };
         let (kind, value) = literal_value(value)?;
         Some((self.bind(value), kind))
     }
@@ -99,7 +108,12 @@ impl<'a> FilterRenderer<'a> {
                     let word = if *op == Operator::And { "AND" } else { "OR" };
                     Some(format!("({left} {word} {right})"))
                 }
-                Operator::Eq | Operator::NotEq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
+                Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq => {
                     // At least one side must be a column: literal-only comparisons are
                     // folded by DataFusion and need no pushdown.
                     if self.column(left).is_none() && self.column(right).is_none() {
@@ -120,11 +134,17 @@ impl<'a> FilterRenderer<'a> {
                 let (column, _) = self.column(inner)?;
                 Some(format!("{column} IS NOT NULL"))
             }
-            Expr::InList(InList { expr, list, negated }) => {
+            Expr::InList(InList {
+                expr,
+                list,
+                negated,
+            }) => {
                 let (column, kind) = self.column(expr)?;
                 let mut items = Vec::with_capacity(list.len());
                 for item in list {
-                    let Expr::Literal(value, _) = item else { return None };
+                    let Expr::Literal(value, _) = item else {
+                        return None;
+                    };
                     let (item_kind, value) = literal_value(value)?;
                     if item_kind != kind {
                         return None;
@@ -134,12 +154,18 @@ impl<'a> FilterRenderer<'a> {
                 let not = if *negated { "NOT " } else { "" };
                 Some(format!("{column} {not}IN ({})", items.join(", ")))
             }
-            Expr::Between(Between { expr, negated, low, high }) => {
+            Expr::Between(Between {
+                expr,
+                negated,
+                low,
+                high,
+            }) => {
                 let (column, kind) = self.column(expr)?;
                 let (low, low_kind) = self.operand(low)?;
                 let (high, high_kind) = self.operand(high)?;
                 let not = if *negated { "NOT " } else { "" };
-                (low_kind == kind && high_kind == kind).then(|| format!("{column} {not}BETWEEN {low} AND {high}"))
+                (low_kind == kind && high_kind == kind)
+                    .then(|| format!("{column} {not}BETWEEN {low} AND {high}"))
             }
             _ => None,
         }
@@ -147,12 +173,25 @@ impl<'a> FilterRenderer<'a> {
 
     /// Renders a case-sensitive `LIKE` whose store result is a superset of DataFusion's.
     pub(crate) fn superset(&mut self, expr: &Expr) -> Option<String> {
-        let Expr::Like(Like { negated: false, expr, pattern, escape_char, case_insensitive: false }) = expr else {
+        let Expr::Like(Like {
+            negated: false,
+            expr,
+            pattern,
+            escape_char,
+            case_insensitive: false,
+        }) = expr
+        else {
             return None;
         };
-        let (column, Kind::Text) = self.column(expr)? else { return None };
-        let Expr::Literal(value, _) = pattern.as_ref() else { return None };
-        let (Kind::Text, pattern) = literal_value(value)? else { return None };
+        let (column, Kind::Text) = self.column(expr)? else {
+            return None;
+        };
+        let Expr::Literal(value, _) = pattern.as_ref() else {
+            return None;
+        };
+        let (Kind::Text, pattern) = literal_value(value)? else {
+            return None;
+        };
         let pattern = self.bind(pattern);
         Some(match escape_char {
             Some(escape) => {
@@ -170,7 +209,11 @@ impl<'a> FilterRenderer<'a> {
 }
 
 /// How far the store can take each filter.
-pub(crate) fn classify(table: &TableInfo, dialect: Dialect, filter: &Expr) -> TableProviderFilterPushDown {
+pub(crate) fn classify(
+    table: &TableInfo,
+    dialect: Dialect,
+    filter: &Expr,
+) -> TableProviderFilterPushDown {
     let mut scratch = FilterRenderer::new(table, dialect);
     if scratch.exact(filter).is_some() {
         TableProviderFilterPushDown::Exact
@@ -204,7 +247,10 @@ mod tests {
                 column("id", DataType::Int64),
                 column("status", DataType::Utf8),
                 column("estimate", DataType::Float64),
-                column("created_at", DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None)),
+                column(
+                    "created_at",
+                    DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+                ),
             ],
             primary_key: vec!["id".into()],
             foreign_keys: vec![],
@@ -222,7 +268,12 @@ mod tests {
 
     #[test]
     fn comparisons_and_logic_push_down_with_bound_literals() {
-        let (sql, params) = render(col("status").eq(lit("blocked")).and(col("id").lt_eq(lit(2i64)))).unwrap();
+        let (sql, params) = render(
+            col("status")
+                .eq(lit("blocked"))
+                .and(col("id").lt_eq(lit(2i64))),
+        )
+        .unwrap();
         assert_eq!(sql, "(\"status\" = ?1 AND \"id\" <= ?2)");
         assert_eq!(params, vec![Value::Text("blocked".into()), Value::Int(2)]);
 

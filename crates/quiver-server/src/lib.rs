@@ -1,1 +1,126 @@
-//! quiver-server
+//! The Quiver server: Arrow Flight SQL and HTTP over the query engine, and the `quiver`
+//! command line.
+//!
+//! # Layout
+//! - [`run`]: serves already-bound listeners until a shutdown token fires.
+//! - [`Server`]: opens the store, loads demo data on request, builds the engine.
+//! - [`flight`]: the Flight SQL service, stateless statement handles, catalog metadata,
+//!   session options.
+//! - [`http`]: `/healthz`, `/readyz`, `POST /v1/query`.
+//! - [`config`]: flags, `QUIVER_*` variables and the TOML file, merged and validated.
+//! - [`cli`]: the `quiver` subcommands (`serve`, `demo load`, `query`).
+//! - [`error`]: [`Error`] and the one mapping of errors to gRPC statuses.
+//! - `test_utils` (feature `test-utils`): a `TestServer` on ephemeral ports.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod flight;
+pub mod http;
+pub mod telemetry;
+#[cfg(feature = "test-utils")]
+pub mod test_utils;
+
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use quiver_query::QueryEngine;
+use quiver_storage::{Store, demo};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use crate::flight::QuiverFlightSqlService;
+
+/// The sockets a server answers on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: Flight SQL and health.
+    pub grpc: TcpListener,
+    /// HTTP: health, readiness, JSON queries.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Self> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|err| Error::Config(format!("cannot listen on {addr}: {err}")))
+        };
+        Ok(Self {
+            grpc: bind(config.grpc_addr).await?,
+            http: bind(config.http_addr).await?,
+        })
+    }
+}
+
+/// Everything a running server needs, built from a [`Config`].
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// The query engine over the store.
+    pub engine: Arc<QueryEngine>,
+    /// The configuration it was built from.
+    pub config: Config,
+}
+
+impl Server {
+    /// Opens the store, loads the demo data if asked and missing, and builds the engine.
+    pub async fn open(config: Config, progress: demo::ProgressFn) -> Result<Self> {
+        let store = Store::open(&config.db, &config.store).await?;
+        tracing::info!(store = %store.describe(), "store opened");
+        if config.demo && !demo::is_loaded(&store).await? {
+            tracing::info!(tasks = config.demo_tasks, "loading demo data");
+            let summary = demo::load(&store, config.demo_tasks, false, progress).await?;
+            tracing::info!(?summary, "demo data loaded");
+        }
+        let engine = QueryEngine::new(store, config.engine.clone()).await?;
+        Ok(Self {
+            engine: Arc::new(engine),
+            config,
+        })
+    }
+}
+
+/// Serves gRPC and HTTP on `listeners` until `shutdown` is cancelled, then drains
+/// in-flight requests and returns.
+pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationToken) -> Result<()> {
+    let config = &server.config;
+    let flight =
+        QuiverFlightSqlService::new(Arc::clone(&server.engine), config.max_flight_data_size);
+    let flight = FlightServiceServer::new(flight)
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<FlightServiceServer<QuiverFlightSqlService>>()
+        .await;
+
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    tracing::info!(%grpc_addr, %http_addr, "serving");
+
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(flight)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+            grpc_shutdown.cancelled().await;
+        });
+    let http_shutdown = shutdown.clone();
+    let router = http::router(http::HttpState {
+        engine: Arc::clone(&server.engine),
+    });
+    let http = axum::serve(listeners.http, router).with_graceful_shutdown(async move {
+        http_shutdown.cancelled().await;
+    });
+    let (grpc, http) = tokio::join!(grpc, http);
+    grpc.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?;
+    http?;
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -120,12 +120,32 @@ impl RowRandom {
 }
 
 const VERBS: [&str; 12] = [
-    "Implement", "Refactor", "Test", "Document", "Review", "Optimize", "Design", "Migrate", "Fix", "Profile",
-    "Harden", "Benchmark",
+    "Implement",
+    "Refactor",
+    "Test",
+    "Document",
+    "Review",
+    "Optimize",
+    "Design",
+    "Migrate",
+    "Fix",
+    "Profile",
+    "Harden",
+    "Benchmark",
 ];
 const NOUNS: [&str; 12] = [
-    "login flow", "billing export", "search index", "cache layer", "audit log", "rate limiter", "report builder",
-    "sync worker", "schema migration", "alerting rules", "API gateway", "data importer",
+    "login flow",
+    "billing export",
+    "search index",
+    "cache layer",
+    "audit log",
+    "rate limiter",
+    "report builder",
+    "sync worker",
+    "schema migration",
+    "alerting rules",
+    "API gateway",
+    "data importer",
 ];
 const PHRASES: [&str; 8] = [
     "so that operators can see what changed",
@@ -167,7 +187,11 @@ impl DemoScale {
     pub fn new(tasks: u64) -> Self {
         let features = tasks.div_ceil(TASKS_PER_FEATURE).max(1);
         let epics = features.div_ceil(FEATURES_PER_EPIC).max(1);
-        Self { tasks, features, epics }
+        Self {
+            tasks,
+            features,
+            epics,
+        }
     }
 }
 
@@ -363,9 +387,16 @@ pub async fn is_loaded(store: &Store) -> Result<bool> {
 /// Creates the demo schema and loads `tasks` tasks with their epics, features and
 /// history. With `replace`, existing demo tables are dropped first; without it, existing
 /// demo tables are an error.
-pub async fn load(store: &Store, tasks: u64, replace: bool, progress: ProgressFn) -> Result<DemoSummary> {
+pub async fn load(
+    store: &Store,
+    tasks: u64,
+    replace: bool,
+    progress: ProgressFn,
+) -> Result<DemoSummary> {
     let Some(sqlite) = store.sqlite() else {
-        return Err(Error::Config("demo load supports this backend later".to_owned()));
+        return Err(Error::Config(
+            "demo load supports this backend later".to_owned(),
+        ));
     };
     let scale = DemoScale::new(tasks);
     sqlite
@@ -415,15 +446,33 @@ fn load_sqlite(
                     tx.prepare("INSERT INTO features (id, key, title, description, status, priority, created_at, updated_at, epic_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?
                 };
                 for id in done + 1..=chunk_end {
-                    let row = if table == "epics" { epic(id) } else { feature(id) };
+                    let row = if table == "epics" {
+                        epic(id)
+                    } else {
+                        feature(id)
+                    };
                     let (created_at, updated_at) = (ts(row.created_at), ts(row.updated_at));
                     let id = row.id as i64;
                     match row.epic_id {
                         None => insert.execute(params![
-                            id, row.key, row.title, row.description, row.status, row.priority, created_at, updated_at
+                            id,
+                            row.key,
+                            row.title,
+                            row.description,
+                            row.status,
+                            row.priority,
+                            created_at,
+                            updated_at
                         ])?,
                         Some(epic_id) => insert.execute(params![
-                            id, row.key, row.title, row.description, row.status, row.priority, created_at, updated_at,
+                            id,
+                            row.key,
+                            row.title,
+                            row.description,
+                            row.status,
+                            row.priority,
+                            created_at,
+                            updated_at,
                             epic_id as i64
                         ])?,
                     };
@@ -523,9 +572,30 @@ mod tests {
 
     #[test]
     fn scale_matches_the_hierarchy() {
-        assert_eq!(DemoScale::new(10_000), DemoScale { tasks: 10_000, features: 500, epics: 10 });
-        assert_eq!(DemoScale::new(1), DemoScale { tasks: 1, features: 1, epics: 1 });
-        assert_eq!(DemoScale::new(1_001), DemoScale { tasks: 1_001, features: 51, epics: 2 });
+        assert_eq!(
+            DemoScale::new(10_000),
+            DemoScale {
+                tasks: 10_000,
+                features: 500,
+                epics: 10
+            }
+        );
+        assert_eq!(
+            DemoScale::new(1),
+            DemoScale {
+                tasks: 1,
+                features: 1,
+                epics: 1
+            }
+        );
+        assert_eq!(
+            DemoScale::new(1_001),
+            DemoScale {
+                tasks: 1_001,
+                features: 51,
+                epics: 2
+            }
+        );
     }
 
     #[test]

@@ -13,16 +13,23 @@
 //! - [`time`]: ISO-8601 date/time text ↔ Arrow units.
 //! - [`demo`]: the deterministic task-management demo data set.
 //! - [`error`]: [`Error`] and [`Result`].
+//! - `testing` (feature `test-utils`): canonical row text for comparing with SQLite.
 
 pub mod catalog;
 pub mod demo;
 pub mod error;
 pub mod sqlite;
 pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod time;
 pub mod value;
 
-pub use catalog::{Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind};
+pub use catalog::{
+    Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
+};
 pub use error::{Error, Result};
-pub use store::{BatchStream, Dialect, PoolOptions, PoolStatus, Store, StoreLocation, StoreOptions};
+pub use store::{
+    BatchStream, Dialect, PoolOptions, PoolStatus, Store, StoreLocation, StoreOptions,
+};
 pub use value::Value;

@@ -42,7 +42,11 @@ pub(crate) struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and warms the reader pool.
-    pub(crate) async fn open(path: &Path, pool_options: &PoolOptions, options: &SqliteOptions) -> Result<Self> {
+    pub(crate) async fn open(
+        path: &Path,
+        pool_options: &PoolOptions,
+        options: &SqliteOptions,
+    ) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await?;
         }
@@ -130,7 +134,10 @@ impl SqliteStore {
             let watcher = sender.clone();
             let mut rows = 0usize;
             let outcome = conn
-                .progress_handler(PROGRESS_CHECK_INSTRUCTIONS, Some(move || watcher.is_closed()))
+                .progress_handler(
+                    PROGRESS_CHECK_INSTRUCTIONS,
+                    Some(move || watcher.is_closed()),
+                )
                 .map_err(Error::from)
                 .and_then(|()| {
                     read::read_batches(&conn, &sql, &params, &schema, batch_size, |batch| {
@@ -138,7 +145,10 @@ impl SqliteStore {
                         sender.blocking_send(Ok(batch)).is_ok()
                     })
                 });
-            let outcome = outcome.and(conn.progress_handler(0, None::<fn() -> bool>).map_err(Error::from));
+            let outcome = outcome.and(
+                conn.progress_handler(0, None::<fn() -> bool>)
+                    .map_err(Error::from),
+            );
             span.record("rows", rows);
             if let Err(err) = outcome {
                 // An interrupt because the reader left is not an error anyone can see.
@@ -147,7 +157,9 @@ impl SqliteStore {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 
     /// Reads the catalog.

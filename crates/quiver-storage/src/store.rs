@@ -115,7 +115,10 @@ pub enum StoreLocation {
 impl StoreLocation {
     /// Parses `sqlite://PATH` or `sqlite:PATH` (relative or absolute path).
     pub fn parse(url: &str) -> Result<Self> {
-        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             if rest.is_empty() {
                 return Err(Error::Config(format!("'{url}' names no database file")));
             }
@@ -149,7 +152,9 @@ impl Store {
     /// its pool.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         let backend = match StoreLocation::parse(url)? {
-            StoreLocation::Sqlite(path) => Backend::Sqlite(SqliteStore::open(&path, &options.pool, &options.sqlite).await?),
+            StoreLocation::Sqlite(path) => {
+                Backend::Sqlite(SqliteStore::open(&path, &options.pool, &options.sqlite).await?)
+            }
         };
         Ok(Self {
             backend: Arc::new(backend),
@@ -200,9 +205,18 @@ impl Store {
     /// Streams the result of a query as Arrow batches shaped like `schema`.
     ///
     /// `schema` has one field per result column (or none, to only count rows).
-    pub async fn query(&self, sql: impl Into<String>, params: Vec<Value>, schema: SchemaRef) -> Result<BatchStream> {
+    pub async fn query(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Value>,
+        schema: SchemaRef,
+    ) -> Result<BatchStream> {
         match &*self.backend {
-            Backend::Sqlite(store) => store.query(sql.into(), params, schema, self.batch_size).await,
+            Backend::Sqlite(store) => {
+                store
+                    .query(sql.into(), params, schema, self.batch_size)
+                    .await
+            }
         }
     }
 
@@ -272,7 +286,12 @@ mod tests {
             StoreLocation::Sqlite(PathBuf::from("data.db"))
         );
         assert!(StoreLocation::parse("sqlite://").is_err());
-        assert!(StoreLocation::parse("mysql://x").unwrap_err().to_string().contains("unsupported database URL"));
+        assert!(
+            StoreLocation::parse("mysql://x")
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported database URL")
+        );
     }
 
     #[test]

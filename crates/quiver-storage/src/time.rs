@@ -15,7 +15,8 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let era = if year >= 0 { year } else { year - 399 } / 400;
     let year_of_era = year - era * 400;
     let month = i64::from(month);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
@@ -25,7 +26,8 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let mp = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
@@ -104,7 +106,10 @@ fn parse_time_prefix(bytes: &[u8]) -> Option<(i64, &[u8])> {
     if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
-    Some(((hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micros, rest))
+    Some((
+        (hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micros,
+        rest,
+    ))
 }
 
 /// Parses a zone suffix: empty, `Z`, `+HH:MM`, `-HH:MM`, `+HHMM`, `+HH`; returns the
@@ -116,7 +121,9 @@ fn parse_zone(bytes: &[u8]) -> Option<i64> {
         [sign @ (b'+' | b'-'), rest @ ..] => {
             let (hours, minutes) = match rest {
                 [h1, h2] => (digits(&[*h1, *h2])?, 0),
-                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?),
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?)
+                }
                 _ => return None,
             };
             let offset = (i64::from(hours) * 3600 + i64::from(minutes) * 60) * MICROS_PER_SECOND;
@@ -220,13 +227,34 @@ mod tests {
     #[test]
     fn parses_the_forms_sqlite_writes() {
         // Truth: SELECT (julianday(x) - 2440587.5) * 86400000000 in sqlite3.
-        assert_eq!(parse_timestamp_micros("2026-01-01 00:00:00"), Some(1_767_225_600_000_000));
-        assert_eq!(parse_timestamp_micros("2026-01-01T00:00:00Z"), Some(1_767_225_600_000_000));
-        assert_eq!(parse_timestamp_micros("2026-01-01 01:00:00+01:00"), Some(1_767_225_600_000_000));
-        assert_eq!(parse_timestamp_micros("2026-01-01 00:00:00.25"), Some(1_767_225_600_250_000));
-        assert_eq!(parse_timestamp_micros("2026-01-01 00:00"), Some(1_767_225_600_000_000));
-        assert_eq!(parse_timestamp_micros("2026-01-01"), Some(1_767_225_600_000_000));
-        assert_eq!(parse_timestamp_micros("1969-12-31 23:59:59"), Some(-1_000_000));
+        assert_eq!(
+            parse_timestamp_micros("2026-01-01 00:00:00"),
+            Some(1_767_225_600_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2026-01-01T00:00:00Z"),
+            Some(1_767_225_600_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2026-01-01 01:00:00+01:00"),
+            Some(1_767_225_600_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2026-01-01 00:00:00.25"),
+            Some(1_767_225_600_250_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2026-01-01 00:00"),
+            Some(1_767_225_600_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2026-01-01"),
+            Some(1_767_225_600_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("1969-12-31 23:59:59"),
+            Some(-1_000_000)
+        );
         assert_eq!(parse_timestamp_micros("2026-02-30 00:00:00"), None);
         assert_eq!(parse_timestamp_micros("yesterday"), None);
         assert_eq!(parse_timestamp_micros("2026-01-01 25:00:00"), None);
@@ -237,8 +265,18 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for micros in [0, 1, -1, 1_767_225_600_250_000, 951_782_400_000_000, -86_400_000_001] {
-            assert_eq!(parse_timestamp_micros(&format_timestamp_micros(micros)), Some(micros));
+        for micros in [
+            0,
+            1,
+            -1,
+            1_767_225_600_250_000,
+            951_782_400_000_000,
+            -86_400_000_001,
+        ] {
+            assert_eq!(
+                parse_timestamp_micros(&format_timestamp_micros(micros)),
+                Some(micros)
+            );
         }
         assert_eq!(format_date(19_782), "2024-02-29");
         assert_eq!(julian_day_to_micros(2_440_588.5), Some(86_400_000_000));

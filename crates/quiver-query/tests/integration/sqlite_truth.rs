@@ -7,16 +7,37 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT count(*) FROM tasks", true),
     ("SELECT status, count(*) FROM tasks GROUP BY status", false),
     ("SELECT * FROM tasks WHERE id = 42", true),
-    ("SELECT id, key, priority FROM tasks WHERE status = 'blocked' AND priority <= 2", false),
-    ("SELECT id FROM tasks WHERE priority IN (1, 5) AND id BETWEEN 100 AND 200", false),
-    ("SELECT id FROM tasks WHERE priority NOT IN (1, 2, 3) AND NOT (status = 'done' OR status = 'todo')", false),
+    (
+        "SELECT id, key, priority FROM tasks WHERE status = 'blocked' AND priority <= 2",
+        false,
+    ),
+    (
+        "SELECT id FROM tasks WHERE priority IN (1, 5) AND id BETWEEN 100 AND 200",
+        false,
+    ),
+    (
+        "SELECT id FROM tasks WHERE priority NOT IN (1, 2, 3) AND NOT (status = 'done' OR status = 'todo')",
+        false,
+    ),
     ("SELECT count(*) FROM tasks WHERE agent_type IS NULL", true),
-    ("SELECT count(*) FROM tasks WHERE description IS NOT NULL AND estimate_hours > 10.5", true),
+    (
+        "SELECT count(*) FROM tasks WHERE description IS NOT NULL AND estimate_hours > 10.5",
+        true,
+    ),
     ("SELECT id, title FROM tasks WHERE title LIKE 'Fix%'", false),
     ("SELECT id, title FROM tasks WHERE title LIKE 'fix%'", false),
-    ("SELECT id FROM tasks WHERE 3 > priority AND feature_id < 4", false),
-    ("SELECT id FROM tasks WHERE status = 'review' ORDER BY id LIMIT 7", true),
-    ("SELECT id, estimate_hours FROM tasks ORDER BY estimate_hours DESC NULLS LAST, id LIMIT 10", true),
+    (
+        "SELECT id FROM tasks WHERE 3 > priority AND feature_id < 4",
+        false,
+    ),
+    (
+        "SELECT id FROM tasks WHERE status = 'review' ORDER BY id LIMIT 7",
+        true,
+    ),
+    (
+        "SELECT id, estimate_hours FROM tasks ORDER BY estimate_hours DESC NULLS LAST, id LIMIT 10",
+        true,
+    ),
     (
         "SELECT t.key, f.key, e.key FROM tasks t JOIN features f ON t.feature_id = f.id \
          JOIN epics e ON f.epic_id = e.id WHERE t.priority = 1 AND t.status = 'blocked'",
@@ -32,18 +53,36 @@ const QUERIES: &[(&str, bool)] = &[
          FROM tasks WHERE feature_id <= 5",
         false,
     ),
-    ("SELECT key FROM epics WHERE id IN (SELECT epic_id FROM features WHERE status = 'done')", false),
-    ("SELECT agent_type, avg(estimate_hours), min(priority), max(priority) FROM tasks GROUP BY agent_type", false),
+    (
+        "SELECT key FROM epics WHERE id IN (SELECT epic_id FROM features WHERE status = 'done')",
+        false,
+    ),
+    (
+        "SELECT agent_type, avg(estimate_hours), min(priority), max(priority) FROM tasks GROUP BY agent_type",
+        false,
+    ),
     ("SELECT DISTINCT new_status FROM task_history", false),
-    ("SELECT count(*) FROM tasks WHERE created_at >= '2025-06-01'", true),
-    ("SELECT id, created_at, completed_at FROM tasks WHERE id <= 25", false),
-    ("SELECT upper(status), length(title), coalesce(agent_type, 'none') FROM tasks WHERE id < 30", false),
+    (
+        "SELECT count(*) FROM tasks WHERE created_at >= '2025-06-01'",
+        true,
+    ),
+    (
+        "SELECT id, created_at, completed_at FROM tasks WHERE id <= 25",
+        false,
+    ),
+    (
+        "SELECT upper(status), length(title), coalesce(agent_type, 'none') FROM tasks WHERE id < 30",
+        false,
+    ),
     (
         "SELECT t.id, count(h.id) FROM tasks t LEFT JOIN task_history h ON h.task_id = t.id \
          WHERE t.id <= 40 GROUP BY t.id",
         false,
     ),
-    ("SELECT feature_id, sum(estimate_hours) FROM tasks GROUP BY feature_id HAVING sum(estimate_hours) > 200", false),
+    (
+        "SELECT feature_id, sum(estimate_hours) FROM tasks GROUP BY feature_id HAVING sum(estimate_hours) > 200",
+        false,
+    ),
 ];
 
 #[tokio::test]
@@ -56,7 +95,10 @@ async fn quiver_answers_like_sqlite() {
             ours.sort();
             truth.sort();
         }
-        assert!(!truth.is_empty() || sql.contains("'fix%'"), "query returns no rows, so it proves little: {sql}");
+        assert!(
+            !truth.is_empty() || sql.contains("'fix%'"),
+            "query returns no rows, so it proves little: {sql}"
+        );
         assert_eq!(ours, truth, "{sql}");
     }
 }

@@ -27,7 +27,9 @@ pub(crate) fn read_catalog(conn: &Connection) -> Result<Catalog> {
          ORDER BY name",
     )?;
     let relations = statement
-        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let has_stats: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_stat1'",
@@ -39,7 +41,11 @@ pub(crate) fn read_catalog(conn: &Connection) -> Result<Catalog> {
         if name.starts_with(INTERNAL_TABLE_PREFIX) {
             continue;
         }
-        let kind = if kind == "view" { TableKind::View } else { TableKind::Table };
+        let kind = if kind == "view" {
+            TableKind::View
+        } else {
+            TableKind::Table
+        };
         let mut table = read_table(conn, &name, kind)?;
         if has_stats {
             table.estimated_rows = estimated_rows(conn, &name)?;
@@ -66,7 +72,8 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
         default: Option<String>,
         pk_position: i64,
     }
-    let mut statement = conn.prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")?;
+    let mut statement =
+        conn.prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")?;
     let raw = statement
         .query_map([name], |row| {
             Ok(RawColumn {
@@ -87,7 +94,12 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
     primary_key.sort();
     let primary_key: Vec<String> = primary_key.into_iter().map(|(_, name)| name).collect();
     // `INTEGER PRIMARY KEY` aliases the rowid, which is never NULL.
-    let rowid_alias = match raw.iter().filter(|c| c.pk_position > 0).collect::<Vec<_>>().as_slice() {
+    let rowid_alias = match raw
+        .iter()
+        .filter(|c| c.pk_position > 0)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [only] if only.declared.eq_ignore_ascii_case("INTEGER") => Some(only.name.clone()),
         _ => None,
     };
@@ -101,7 +113,12 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
     let inferred = if untyped.is_empty() {
         Vec::new()
     } else {
-        infer_types(conn, name, &raw.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), &untyped)?
+        infer_types(
+            conn,
+            name,
+            &raw.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            &untyped,
+        )?
     };
 
     let columns = raw
@@ -133,18 +150,26 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
         columns,
         foreign_keys: read_foreign_keys(conn, name)?,
         primary_key,
-        indexes: if kind == TableKind::Table { read_indexes(conn, name)? } else { Vec::new() },
+        indexes: if kind == TableKind::Table {
+            read_indexes(conn, name)?
+        } else {
+            Vec::new()
+        },
         estimated_rows: None,
     })
 }
 
 /// The row count `ANALYZE` recorded in `sqlite_stat1` (the first number of a stat row).
 fn estimated_rows(conn: &Connection, table: &str) -> Result<Option<u64>> {
-    let mut statement = conn.prepare_cached("SELECT stat FROM sqlite_stat1 WHERE tbl = ?1 LIMIT 1")?;
-    let stat: Option<String> = statement.query_row([table], |row| row.get(0)).map(Some).or_else(|err| match err {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-        err => Err(err),
-    })?;
+    let mut statement =
+        conn.prepare_cached("SELECT stat FROM sqlite_stat1 WHERE tbl = ?1 LIMIT 1")?;
+    let stat: Option<String> = statement
+        .query_row([table], |row| row.get(0))
+        .map(Some)
+        .or_else(|err| match err {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            err => Err(err),
+        })?;
     Ok(stat.and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok())))
 }
 
@@ -155,8 +180,15 @@ fn infer_types(
     columns: &[&str],
     untyped: &[usize],
 ) -> Result<Vec<(usize, ObservedClasses)>> {
-    let select = untyped.iter().map(|&i| quote(columns[i])).collect::<Vec<_>>().join(", ");
-    let sql = format!("SELECT {select} FROM {} LIMIT {INFERENCE_SAMPLE_ROWS}", quote(table));
+    let select = untyped
+        .iter()
+        .map(|&i| quote(columns[i]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {select} FROM {} LIMIT {INFERENCE_SAMPLE_ROWS}",
+        quote(table)
+    );
     let mut observed = vec![ObservedClasses::default(); untyped.len()];
     let mut statement = conn.prepare(&sql)?;
     let mut rows = statement.query([])?;
@@ -200,11 +232,14 @@ fn read_foreign_keys(conn: &Connection, table: &str) -> Result<Vec<ForeignKey>> 
     }
     // `REFERENCES parent` without columns refers to the parent's primary key.
     for id in missing_targets {
-        let Some(key) = grouped.get_mut(&id) else { continue };
+        let Some(key) = grouped.get_mut(&id) else {
+            continue;
+        };
         if key.referenced_columns.len() == key.columns.len() {
             continue;
         }
-        let mut parent_key = conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
+        let mut parent_key =
+            conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
         key.referenced_columns = parent_key
             .query_map([&key.referenced_table], |row| row.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -213,18 +248,27 @@ fn read_foreign_keys(conn: &Connection, table: &str) -> Result<Vec<ForeignKey>> 
 }
 
 fn read_indexes(conn: &Connection, table: &str) -> Result<Vec<IndexInfo>> {
-    let mut list = conn.prepare("SELECT name, \"unique\" FROM pragma_index_list(?1) ORDER BY name")?;
+    let mut list =
+        conn.prepare("SELECT name, \"unique\" FROM pragma_index_list(?1) ORDER BY name")?;
     let indexes = list
-        .query_map([table], |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)))?
+        .query_map([table], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut info = conn.prepare("SELECT coalesce(name, '<expression>') FROM pragma_index_info(?1) ORDER BY seqno")?;
+    let mut info = conn.prepare(
+        "SELECT coalesce(name, '<expression>') FROM pragma_index_info(?1) ORDER BY seqno",
+    )?;
     indexes
         .into_iter()
         .map(|(name, unique)| {
             let columns = info
                 .query_map([&name], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(IndexInfo { name, columns, unique })
+            Ok(IndexInfo {
+                name,
+                columns,
+                unique,
+            })
         })
         .collect()
 }

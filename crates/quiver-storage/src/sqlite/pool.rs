@@ -33,7 +33,11 @@ impl Default for SqliteOptions {
 /// Every connection gets WAL, `synchronous=NORMAL`, `foreign_keys=ON`, the busy timeout
 /// and the cache size; reader connections are additionally `query_only`, so that the
 /// single writer connection is the only one that can change the file.
-pub(crate) fn open_connection(path: &std::path::Path, options: &SqliteOptions, reader: bool) -> Result<Connection> {
+pub(crate) fn open_connection(
+    path: &std::path::Path,
+    options: &SqliteOptions,
+    reader: bool,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
-    RecordBatchOptions, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
+    RecordBatch, RecordBatchOptions, StringBuilder, Time64MicrosecondBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use rusqlite::types::ValueRef;
@@ -25,7 +26,9 @@ impl ToSql for Value {
             Value::Text(v) => ToSqlOutput::Borrowed(Borrowed::Text(v.as_bytes())),
             Value::Blob(v) => ToSqlOutput::Borrowed(Borrowed::Blob(v)),
             Value::Date(days) => ToSqlOutput::Owned(Owned::Text(time::format_date(*days))),
-            Value::Timestamp(micros) => ToSqlOutput::Owned(Owned::Text(time::format_timestamp_micros(*micros))),
+            Value::Timestamp(micros) => {
+                ToSqlOutput::Owned(Owned::Text(time::format_timestamp_micros(*micros)))
+            }
         })
     }
 }
@@ -70,17 +73,24 @@ impl ColumnReader {
             DataType::Boolean => ColumnReader::Boolean(BooleanBuilder::with_capacity(capacity)),
             DataType::Int64 => ColumnReader::Int64(Int64Builder::with_capacity(capacity)),
             DataType::Float64 => ColumnReader::Float64(Float64Builder::with_capacity(capacity)),
-            DataType::Utf8 => ColumnReader::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
-            DataType::Binary => ColumnReader::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16)),
+            DataType::Utf8 => {
+                ColumnReader::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            DataType::Binary => {
+                ColumnReader::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
+            }
             DataType::Date32 => ColumnReader::Date32(Date32Builder::with_capacity(capacity)),
             DataType::Timestamp(TimeUnit::Microsecond, zone) => ColumnReader::Timestamp(
-                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone_opt(zone.clone()),
+                TimestampMicrosecondBuilder::with_capacity(capacity)
+                    .with_timezone_opt(zone.clone()),
             ),
             DataType::Time64(TimeUnit::Microsecond) => {
                 ColumnReader::Time64(Time64MicrosecondBuilder::with_capacity(capacity))
             }
             other => {
-                return Err(Error::Internal(format!("no SQLite reader for Arrow type {other}")));
+                return Err(Error::Internal(format!(
+                    "no SQLite reader for Arrow type {other}"
+                )));
             }
         })
     }
@@ -92,7 +102,9 @@ impl ColumnReader {
             ColumnReader::Int64(b) => match value {
                 ValueRef::Integer(v) => b.append_value(v),
                 ValueRef::Null => b.append_null(),
-                ValueRef::Real(v) if v.fract() == 0.0 && v.abs() < 9.2e18 => b.append_value(v as i64),
+                ValueRef::Real(v) if v.fract() == 0.0 && v.abs() < 9.2e18 => {
+                    b.append_value(v as i64)
+                }
                 ValueRef::Text(t) => b.append_value(text(t)?.trim().parse().ok()?),
                 _ => return None,
             },
@@ -127,13 +139,17 @@ impl ColumnReader {
                 ValueRef::Text(t) => b.append_value(time::parse_timestamp_micros(text(t)?)?),
                 ValueRef::Null => b.append_null(),
                 ValueRef::Integer(seconds) => b.append_value(seconds.checked_mul(1_000_000)?),
-                ValueRef::Real(julian_day) => b.append_value(time::julian_day_to_micros(julian_day)?),
+                ValueRef::Real(julian_day) => {
+                    b.append_value(time::julian_day_to_micros(julian_day)?)
+                }
                 ValueRef::Blob(_) => return None,
             },
             ColumnReader::Date32(b) => match value {
                 ValueRef::Text(t) => b.append_value(time::parse_date_days(text(t)?)?),
                 ValueRef::Null => b.append_null(),
-                ValueRef::Integer(seconds) => b.append_value(i32::try_from(seconds.div_euclid(86_400)).ok()?),
+                ValueRef::Integer(seconds) => {
+                    b.append_value(i32::try_from(seconds.div_euclid(86_400)).ok()?)
+                }
                 ValueRef::Real(julian_day) => {
                     let micros = time::julian_day_to_micros(julian_day)?;
                     b.append_value(i32::try_from(micros.div_euclid(86_400_000_000)).ok()?)
@@ -216,7 +232,11 @@ pub(crate) fn read_batches(
     let finish = |readers: &mut Vec<ColumnReader>, row_count: usize| -> Result<RecordBatch> {
         let columns = readers.iter_mut().map(ColumnReader::finish).collect();
         let options = RecordBatchOptions::new().with_row_count(Some(row_count));
-        Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(schema),
+            columns,
+            &options,
+        )?)
     };
     while let Some(row) = rows.next()? {
         for (index, reader) in readers.iter_mut().enumerate() {
@@ -251,7 +271,12 @@ mod tests {
 
     use super::*;
 
-    fn read_all(conn: &Connection, sql: &str, schema: SchemaRef, batch_size: usize) -> Result<Vec<RecordBatch>> {
+    fn read_all(
+        conn: &Connection,
+        sql: &str,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
         read_batches(conn, sql, &[], &schema, batch_size, |b| {
             batches.push(b);
@@ -298,7 +323,8 @@ mod tests {
     #[test]
     fn a_value_that_does_not_convert_names_its_column() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (ts TIMESTAMP); INSERT INTO t VALUES ('soon');").unwrap();
+        conn.execute_batch("CREATE TABLE t (ts TIMESTAMP); INSERT INTO t VALUES ('soon');")
+            .unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new(
             "ts",
             DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -314,7 +340,8 @@ mod tests {
     #[test]
     fn empty_schema_counts_rows() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3);").unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3);")
+            .unwrap();
         let batches = read_all(&conn, "SELECT NULL FROM t", Arc::new(Schema::empty()), 2).unwrap();
         let counts: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(counts, vec![2, 1]);
@@ -357,7 +384,10 @@ mod tests {
                 .unwrap();
             let ours = crate::time::parse_timestamp_micros(text).unwrap();
             // julianday() works in milliseconds; compare at that precision.
-            assert!((truth - ours).abs() < 1_000, "{text}: sqlite {truth}, quiver {ours}");
+            assert!(
+                (truth - ours).abs() < 1_000,
+                "{text}: sqlite {truth}, quiver {ours}"
+            );
         }
     }
 }

@@ -39,12 +39,18 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => {
             DataType::Timestamp(TimeUnit::Microsecond, None)
         }
-        "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
         "TIME" => DataType::Time64(TimeUnit::Microsecond),
         _ if upper.contains("INT") => DataType::Int64,
-        _ if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") => DataType::Utf8,
+        _ if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") => {
+            DataType::Utf8
+        }
         _ if upper.contains("BLOB") => DataType::Binary,
-        _ if upper.contains("REAL") || upper.contains("FLOA") || upper.contains("DOUB") => DataType::Float64,
+        _ if upper.contains("REAL") || upper.contains("FLOA") || upper.contains("DOUB") => {
+            DataType::Float64
+        }
         _ => DataType::Float64,
     };
     Some(data_type)
@@ -102,7 +108,10 @@ pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
         DataType::Float16 | DataType::Float32 | DataType::Float64 => "REAL",
         DataType::Decimal128(_, _) | DataType::Decimal256(_, _) | DataType::UInt64 => "NUMERIC",
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT",
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => "BLOB",
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "BLOB",
         DataType::Date32 | DataType::Date64 => "DATE",
         DataType::Timestamp(_, None) => "TIMESTAMP",
         DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ",
@@ -133,12 +142,22 @@ mod tests {
             ("BOOLEAN", DataType::Boolean),
             ("DATE", DataType::Date32),
             ("DATETIME", DataType::Timestamp(TimeUnit::Microsecond, None)),
-            ("timestamp", DataType::Timestamp(TimeUnit::Microsecond, None)),
-            ("TIMESTAMPTZ", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            (
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+            ),
+            (
+                "TIMESTAMPTZ",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ),
             ("TIME", DataType::Time64(TimeUnit::Microsecond)),
         ];
         for (declared, expected) in cases {
-            assert_eq!(arrow_type_for_declared(declared), Some(expected), "{declared}");
+            assert_eq!(
+                arrow_type_for_declared(declared),
+                Some(expected),
+                "{declared}"
+            );
         }
         assert_eq!(arrow_type_for_declared("  "), None);
     }
@@ -151,9 +170,18 @@ mod tests {
             values.iter().for_each(|v| classes.observe(*v));
             classes.arrow_type()
         };
-        assert_eq!(infer(&[ValueRef::Integer(1), ValueRef::Null]), DataType::Int64);
-        assert_eq!(infer(&[ValueRef::Integer(1), ValueRef::Real(1.5)]), DataType::Float64);
-        assert_eq!(infer(&[ValueRef::Integer(1), ValueRef::Text(b"x")]), DataType::Utf8);
+        assert_eq!(
+            infer(&[ValueRef::Integer(1), ValueRef::Null]),
+            DataType::Int64
+        );
+        assert_eq!(
+            infer(&[ValueRef::Integer(1), ValueRef::Real(1.5)]),
+            DataType::Float64
+        );
+        assert_eq!(
+            infer(&[ValueRef::Integer(1), ValueRef::Text(b"x")]),
+            DataType::Utf8
+        );
         assert_eq!(infer(&[ValueRef::Blob(b"x")]), DataType::Binary);
         assert_eq!(infer(&[]), DataType::Utf8);
     }

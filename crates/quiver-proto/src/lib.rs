@@ -1,1 +1,0 @@
-//! quiver-proto

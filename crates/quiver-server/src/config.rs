@@ -1,0 +1,317 @@
+//! Server configuration: flags, `QUIVER_*` environment variables and a TOML file.
+//!
+//! Every setting is a flag (`--pool-max-size`), an environment variable
+//! (`QUIVER_POOL_MAX_SIZE`) and a key of the config file (`pool_max_size`). A flag wins
+//! over the environment, which wins over the file, which wins over the default.
+//! [`ServeArgs::resolve`] merges them and validates the result.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quiver_query::EngineConfig;
+use quiver_storage::sqlite::SqliteOptions;
+use quiver_storage::{PoolOptions, StoreOptions};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The default database: a SQLite file in `./quiver-data`.
+pub const DEFAULT_DB: &str = "sqlite://./quiver-data/quiver.db";
+/// The default gRPC (Flight SQL) address.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// The default HTTP address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+macro_rules! serve_args {
+    ($( $(#[doc = $doc:literal])* $(#[arg($($extra:tt)*)])? $name:ident : $ty:ty, env = $env:literal; )*) => {
+        /// Settings of `quiver serve`; unset values fall back to the config file, then
+        /// to the defaults.
+        #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ServeArgs {
+            /// TOML file with any of these settings (keys are the flag names with `_`).
+            #[arg(long, env = "QUIVER_CONFIG", value_name = "FILE")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $($extra)*)?)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl ServeArgs {
+            /// Takes each unset value from `fallback`.
+            fn or(self, fallback: ServeArgs) -> ServeArgs {
+                ServeArgs {
+                    config: self.config.or(fallback.config),
+                    $( $name: self.$name.or(fallback.$name), )*
+                }
+            }
+        }
+    };
+}
+
+serve_args! {
+    /// Database URL: `sqlite://PATH` [default: sqlite://./quiver-data/quiver.db].
+    db: String, env = "QUIVER_DB";
+    /// Address of the gRPC port (Flight SQL) [default: 127.0.0.1:50051].
+    grpc_addr: SocketAddr, env = "QUIVER_GRPC_ADDR";
+    /// Address of the HTTP port (health, readiness, JSON queries) [default: 127.0.0.1:8080].
+    http_addr: SocketAddr, env = "QUIVER_HTTP_ADDR";
+    /// Load the demo data set at start when its tables do not exist [default: false].
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    demo: bool, env = "QUIVER_DEMO";
+    /// Tasks in the demo data set loaded by --demo [default: 10000].
+    demo_tasks: u64, env = "QUIVER_DEMO_TASKS";
+    /// Rows per Arrow batch read from the store [default: 8192].
+    batch_size: usize, env = "QUIVER_BATCH_SIZE";
+    /// Most pooled reader connections [default: 16].
+    pool_max_size: u32, env = "QUIVER_POOL_MAX_SIZE";
+    /// Reader connections opened at start and kept idle [default: 2].
+    pool_min_idle: u32, env = "QUIVER_POOL_MIN_IDLE";
+    /// Milliseconds a query waits for a pooled connection before failing [default: 5000].
+    pool_acquire_timeout_ms: u64, env = "QUIVER_POOL_ACQUIRE_TIMEOUT_MS";
+    /// Seconds an idle connection above the minimum is kept [default: 600].
+    pool_idle_timeout_s: u64, env = "QUIVER_POOL_IDLE_TIMEOUT_S";
+    /// Seconds after which a connection is replaced [default: 1800].
+    pool_max_lifetime_s: u64, env = "QUIVER_POOL_MAX_LIFETIME_S";
+    /// SQLite page cache per connection, KiB [default: 65536].
+    sqlite_cache_size_kib: u32, env = "QUIVER_SQLITE_CACHE_SIZE_KIB";
+    /// Milliseconds SQLite waits on a locked database [default: 5000].
+    sqlite_busy_timeout_ms: u64, env = "QUIVER_SQLITE_BUSY_TIMEOUT_MS";
+    /// Memory query operators may hold, MiB; 0 for no limit [default: 1024].
+    memory_limit_mb: usize, env = "QUIVER_MEMORY_LIMIT_MB";
+    /// Parallelism of query operators [default: number of CPUs].
+    target_partitions: usize, env = "QUIVER_TARGET_PARTITIONS";
+    /// Largest gRPC message accepted, MiB [default: 64].
+    max_message_size_mb: usize, env = "QUIVER_MAX_MESSAGE_SIZE_MB";
+}
+
+/// The resolved, validated configuration of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Database URL.
+    pub db: String,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Load the demo data when missing.
+    pub demo: bool,
+    /// Size of the demo data.
+    pub demo_tasks: u64,
+    /// Storage settings.
+    pub store: StoreOptions,
+    /// Query engine settings.
+    pub engine: EngineConfig,
+    /// Largest gRPC message accepted, bytes.
+    pub max_message_size: usize,
+    /// Largest Arrow payload per Flight message sent, bytes (batches are split).
+    pub max_flight_data_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        ServeArgs::default()
+            .resolve()
+            .expect("the defaults are a valid configuration")
+    }
+}
+
+impl ServeArgs {
+    /// Reads the config file named by `--config`, if any, and merges it under `self`.
+    pub fn with_file(self) -> Result<ServeArgs> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            Error::Config(format!("cannot read config file {}: {err}", path.display()))
+        })?;
+        let file: ServeArgs = toml::from_str(&text)
+            .map_err(|err| Error::Config(format!("config file {}: {err}", path.display())))?;
+        Ok(self.or(file))
+    }
+
+    /// Applies the defaults and validates.
+    pub fn resolve(self) -> Result<Config> {
+        let pool_defaults = PoolOptions::default();
+        let sqlite_defaults = SqliteOptions::default();
+        let engine_defaults = EngineConfig::default();
+        let batch_size = self.batch_size.unwrap_or(8192);
+        let max_message_size_mb = self.max_message_size_mb.unwrap_or(64);
+        let config = Config {
+            db: self.db.unwrap_or_else(|| DEFAULT_DB.to_owned()),
+            grpc_addr: self
+                .grpc_addr
+                .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default address")),
+            http_addr: self
+                .http_addr
+                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default address")),
+            demo: self.demo.unwrap_or(false),
+            demo_tasks: self.demo_tasks.unwrap_or(10_000),
+            store: StoreOptions {
+                pool: PoolOptions {
+                    max_size: self.pool_max_size.unwrap_or(pool_defaults.max_size),
+                    min_idle: self.pool_min_idle.unwrap_or(pool_defaults.min_idle),
+                    acquire_timeout: self
+                        .pool_acquire_timeout_ms
+                        .map_or(pool_defaults.acquire_timeout, Duration::from_millis),
+                    idle_timeout: self
+                        .pool_idle_timeout_s
+                        .map_or(pool_defaults.idle_timeout, |s| {
+                            (s > 0).then(|| Duration::from_secs(s))
+                        }),
+                    max_lifetime: self
+                        .pool_max_lifetime_s
+                        .map_or(pool_defaults.max_lifetime, |s| {
+                            (s > 0).then(|| Duration::from_secs(s))
+                        }),
+                },
+                sqlite: SqliteOptions {
+                    cache_size_kib: self
+                        .sqlite_cache_size_kib
+                        .unwrap_or(sqlite_defaults.cache_size_kib),
+                    busy_timeout: self
+                        .sqlite_busy_timeout_ms
+                        .map_or(sqlite_defaults.busy_timeout, Duration::from_millis),
+                    mmap_size: sqlite_defaults.mmap_size,
+                },
+                batch_size,
+            },
+            engine: EngineConfig {
+                batch_size,
+                target_partitions: self
+                    .target_partitions
+                    .unwrap_or(engine_defaults.target_partitions),
+                memory_limit: match self.memory_limit_mb {
+                    Some(0) => None,
+                    Some(mb) => Some(mb << 20),
+                    None => engine_defaults.memory_limit,
+                },
+            },
+            max_message_size: max_message_size_mb << 20,
+            max_flight_data_size: 2 << 20,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::Config(message));
+        quiver_storage::StoreLocation::parse(&self.db)
+            .map_err(|err| Error::Config(err.to_string()))?;
+        if self.store.pool.max_size == 0 {
+            return fail("pool_max_size must be at least 1".to_owned());
+        }
+        if self.store.pool.min_idle > self.store.pool.max_size {
+            return fail(format!(
+                "pool_min_idle ({}) exceeds pool_max_size ({})",
+                self.store.pool.min_idle, self.store.pool.max_size
+            ));
+        }
+        if self.store.pool.acquire_timeout.is_zero() {
+            return fail("pool_acquire_timeout_ms must be positive".to_owned());
+        }
+        if !(1..=1_000_000).contains(&self.store.batch_size) {
+            return fail(format!(
+                "batch_size must be between 1 and 1000000, not {}",
+                self.store.batch_size
+            ));
+        }
+        if self.engine.target_partitions == 0 {
+            return fail("target_partitions must be at least 1".to_owned());
+        }
+        if self.max_message_size < (4 << 20) {
+            return fail("max_message_size_mb must be at least 4".to_owned());
+        }
+        if self.demo && self.demo_tasks == 0 {
+            return fail("demo_tasks must be at least 1".to_owned());
+        }
+        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
+            return fail(format!(
+                "grpc_addr and http_addr are both {}",
+                self.grpc_addr
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = Config::default();
+        assert_eq!(config.db, DEFAULT_DB);
+        assert_eq!(config.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert_eq!(config.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert!(!config.demo);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quiver.toml");
+        std::fs::write(
+            &path,
+            "db = \"sqlite://file.db\"\npool_max_size = 3\nbatch_size = 100\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            batch_size: Some(200),
+            ..ServeArgs::default()
+        };
+        let config = args.with_file().unwrap().resolve().unwrap();
+        assert_eq!(config.db, "sqlite://file.db");
+        assert_eq!(config.store.pool.max_size, 3);
+        assert_eq!(config.store.batch_size, 200);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quiver.toml");
+        std::fs::write(&path, "pool_max_sise = 3\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .with_file()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `pool_max_sise`"),
+            "{err}"
+        );
+
+        let err = ServeArgs {
+            pool_max_size: Some(2),
+            pool_min_idle: Some(5),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: pool_min_idle (5) exceeds pool_max_size (2)"
+        );
+
+        let err = ServeArgs {
+            db: Some("mysql://x".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported database URL"),
+            "{err}"
+        );
+    }
+}

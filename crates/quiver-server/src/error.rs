@@ -1,0 +1,255 @@
+//! Server errors and the one place they become gRPC statuses.
+
+use arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use tonic::{Code, Status};
+
+/// A failure while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Planning or running a query failed.
+    #[error(transparent)]
+    Query(#[from] quiver_query::Error),
+
+    /// The store failed outside a query.
+    #[error(transparent)]
+    Storage(#[from] quiver_storage::Error),
+
+    /// A statement handle or ticket is not one this server issued.
+    #[error("invalid statement handle: {0}")]
+    InvalidHandle(String),
+
+    /// The request is malformed or asks for something that does not exist.
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    /// The named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Arrow data sent by the client could not be decoded.
+    #[error("invalid Arrow data: {0}")]
+    Arrow(#[from] ArrowError),
+
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A socket or file operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// Building a Flight SQL metadata response failed: a bug.
+    #[error("cannot build metadata response: {0}")]
+    Metadata(#[from] arrow_flight::error::FlightError),
+
+    /// A request this process made to a Quiver server failed (command-line client).
+    #[error("{0}")]
+    Client(String),
+
+    /// A bug: an invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result type of the server.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = code_of(&err);
+        Status::new(code, err.to_string())
+    }
+}
+
+/// The gRPC code for an error: an exhaustive match, so every new variant is classified.
+pub fn code_of(err: &Error) -> Code {
+    match err {
+        Error::Query(err) => query_code(err),
+        Error::Storage(err) => storage_code(err),
+        Error::InvalidHandle(_) | Error::InvalidRequest(_) | Error::Arrow(_) => {
+            Code::InvalidArgument
+        }
+        Error::NotFound(_) => Code::NotFound,
+        Error::Config(_) => Code::FailedPrecondition,
+        Error::Io(_) | Error::Client(_) => Code::Unavailable,
+        Error::Internal(_) | Error::Metadata(_) => Code::Internal,
+    }
+}
+
+fn query_code(err: &quiver_query::Error) -> Code {
+    match err {
+        quiver_query::Error::DataFusion(err) => datafusion_code(err),
+        quiver_query::Error::Storage(err) => storage_code(err),
+        quiver_query::Error::NotAQuery(_)
+        | quiver_query::Error::Parameter { .. }
+        | quiver_query::Error::ParameterCount { .. } => Code::InvalidArgument,
+    }
+}
+
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as HTTP error bodies spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Classifies a DataFusion error by its root cause.
+pub fn datafusion_code(err: &DataFusionError) -> Code {
+    match err.find_root() {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::Substrait(_) => Code::InvalidArgument,
+        DataFusionError::NotImplemented(_) => Code::Unimplemented,
+        DataFusionError::ResourcesExhausted(_) => Code::ResourceExhausted,
+        DataFusionError::ArrowError(err, _) => arrow_code(err),
+        // Runtime failures on the data, such as a failed cast of a value.
+        DataFusionError::Execution(_) => Code::InvalidArgument,
+        DataFusionError::External(inner) => match inner.downcast_ref::<quiver_storage::Error>() {
+            Some(storage) => storage_code(storage),
+            None => Code::Internal,
+        },
+        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => Code::Unavailable,
+        DataFusionError::Collection(errors) => {
+            errors.first().map_or(Code::Internal, datafusion_code)
+        }
+        DataFusionError::Internal(_)
+        | DataFusionError::ExecutionJoin(_)
+        | DataFusionError::Ffi(_)
+        | DataFusionError::Context(..)
+        | DataFusionError::Diagnostic(..)
+        | DataFusionError::Shared(_) => Code::Internal,
+    }
+}
+
+fn arrow_code(err: &ArrowError) -> Code {
+    match err {
+        ArrowError::CastError(_)
+        | ArrowError::ParseError(_)
+        | ArrowError::DivideByZero
+        | ArrowError::ArithmeticOverflow(_)
+        | ArrowError::InvalidArgumentError(_)
+        | ArrowError::SchemaError(_)
+        | ArrowError::ComputeError(_) => Code::InvalidArgument,
+        ArrowError::NotYetImplemented(_) => Code::Unimplemented,
+        ArrowError::MemoryError(_) => Code::ResourceExhausted,
+        ArrowError::ExternalError(inner) => match inner.downcast_ref::<quiver_storage::Error>() {
+            Some(storage) => storage_code(storage),
+            None => Code::Internal,
+        },
+        ArrowError::CsvError(_)
+        | ArrowError::JsonError(_)
+        | ArrowError::AvroError(_)
+        | ArrowError::IoError(..)
+        | ArrowError::IpcError(_)
+        | ArrowError::ParquetError(_)
+        | ArrowError::CDataInterface(_)
+        | ArrowError::DictionaryKeyOverflowError
+        | ArrowError::RunEndIndexOverflowError
+        | ArrowError::OffsetOverflowError(_) => Code::Internal,
+    }
+}
+
+/// Classifies a storage error.
+pub fn storage_code(err: &quiver_storage::Error) -> Code {
+    use quiver_storage::Error as S;
+    match err {
+        S::Config(_) | S::Parameter { .. } => Code::InvalidArgument,
+        S::Connect { .. } | S::PoolTimeout { .. } | S::Io(_) => Code::Unavailable,
+        S::TableNotFound(_) => Code::NotFound,
+        S::Conversion { .. } => Code::FailedPrecondition,
+        S::Cancelled(_) => Code::Cancelled,
+        S::Sqlite(err) => sqlite_code(err),
+        S::Arrow(_) | S::Internal(_) => Code::Internal,
+    }
+}
+
+fn sqlite_code(err: &rusqlite::Error) -> Code {
+    use rusqlite::ErrorCode as C;
+    match err {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            C::ConstraintViolation => {
+                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                {
+                    Code::AlreadyExists
+                } else {
+                    Code::FailedPrecondition
+                }
+            }
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::CannotOpen
+            | C::SystemIoFailure
+            | C::DiskFull => Code::Unavailable,
+            C::OperationInterrupted => Code::Cancelled,
+            C::ReadOnly | C::TypeMismatch => Code::FailedPrecondition,
+            C::TooBig => Code::ResourceExhausted,
+            C::PermissionDenied | C::AuthorizationForStatementDenied => Code::PermissionDenied,
+            C::Unknown => Code::InvalidArgument,
+            _ => Code::Internal,
+        },
+        rusqlite::Error::SqlInputError { .. } | rusqlite::Error::InvalidParameterCount(..) => {
+            Code::InvalidArgument
+        }
+        _ => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planner_and_parser_errors_are_invalid_argument() {
+        let plan = DataFusionError::Context(
+            "while planning".into(),
+            Box::new(DataFusionError::Plan("table 'x' not found".into())),
+        );
+        assert_eq!(datafusion_code(&plan), Code::InvalidArgument);
+        let exhausted = DataFusionError::ResourcesExhausted("memory".into());
+        assert_eq!(datafusion_code(&exhausted), Code::ResourceExhausted);
+        let storage = DataFusionError::External(Box::new(quiver_storage::Error::PoolTimeout {
+            timeout: std::time::Duration::from_secs(1),
+            max_size: 4,
+        }));
+        assert_eq!(datafusion_code(&storage), Code::Unavailable);
+        assert_eq!(
+            datafusion_code(&DataFusionError::Internal("bug".into())),
+            Code::Internal
+        );
+    }
+
+    #[test]
+    fn sqlite_constraint_errors_name_the_right_code() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE); INSERT INTO t VALUES (1, 'a');")
+            .unwrap();
+        let unique = conn
+            .execute("INSERT INTO t VALUES (2, 'a')", [])
+            .unwrap_err();
+        assert_eq!(sqlite_code(&unique), Code::AlreadyExists);
+        let not_null = conn
+            .execute("INSERT INTO t VALUES (3, NULL)", [])
+            .unwrap_err();
+        assert_eq!(sqlite_code(&not_null), Code::FailedPrecondition);
+    }
+}

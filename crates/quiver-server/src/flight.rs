@@ -1,0 +1,683 @@
+//! The Arrow Flight SQL service.
+//!
+//! Handlers are thin: they decode the command, call the query engine and stream the
+//! result. Statement tickets and prepared-statement handles are [`StatementHandle`]s —
+//! self-contained, so any replica serves them and nothing is kept per handle.
+
+pub mod handle;
+pub mod metadata;
+pub mod session;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionBeginTransactionRequest, ActionBeginTransactionResult,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage,
+    SchemaAsIpc, Ticket, decode::FlightRecordBatchStream,
+};
+use bytes::Bytes;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use quiver_query::params::coerce_values;
+use quiver_query::{CATALOG_NAME, QueryEngine};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use self::handle::StatementHandle;
+use self::metadata::{KeyFilter, SQL_INFO, XDBC_TYPE_INFO};
+use crate::error::{Error, Result};
+
+/// The stream type of DoGet responses.
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// Batches encoded ahead of the client per stream.
+const STREAM_BUFFER: usize = 2;
+
+/// Flight SQL over the query engine.
+#[derive(Debug, Clone)]
+pub struct QuiverFlightSqlService {
+    engine: Arc<QueryEngine>,
+    max_flight_data_size: usize,
+}
+
+impl QuiverFlightSqlService {
+    /// A service answering from `engine`; no Flight message it sends exceeds
+    /// `max_flight_data_size` bytes of Arrow data (bigger batches are split).
+    pub fn new(engine: Arc<QueryEngine>, max_flight_data_size: usize) -> Self {
+        Self {
+            engine,
+            max_flight_data_size,
+        }
+    }
+
+    fn flight_info(
+        &self,
+        schema: &Schema,
+        ticket: Bytes,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+        Ok(FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|err| Status::internal(format!("cannot encode schema: {err}")))?
+            .with_endpoint(endpoint)
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1))
+    }
+
+    /// Plans `handle`, checks its bound parameters and describes its result.
+    async fn statement_info(
+        &self,
+        handle: StatementHandle,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let query = self
+            .engine
+            .prepare(&handle.sql)
+            .await
+            .map_err(Error::from)?;
+        for row in bound_rows(&handle)? {
+            coerce_values(query.parameters(), row).map_err(Error::from)?;
+        }
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode()?,
+        }
+        .as_any()
+        .encode_to_vec();
+        self.flight_info(&query.schema(), ticket.into(), descriptor)
+    }
+
+    /// Plans and runs the statement of `handle` once per bound parameter row.
+    async fn run_statement(&self, handle: StatementHandle) -> Result<SendableRecordBatchStream> {
+        let query = self.engine.prepare(&handle.sql).await?;
+        let rows = bound_rows(&handle)?;
+        if rows.len() == 1 {
+            let params = rows.into_iter().next().expect("one row");
+            return Ok(self.engine.execute(&query, params).await?);
+        }
+        // Several parameter rows: the results of each execution, one after another.
+        let schema = query.schema();
+        let engine = Arc::clone(&self.engine);
+        let streams = futures::stream::iter(rows)
+            .then(move |params| {
+                let engine = Arc::clone(&engine);
+                let query = query.clone();
+                async move {
+                    engine
+                        .execute(&query, params)
+                        .await
+                        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                }
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, streams)))
+    }
+
+    /// Encodes batches as Flight data on a task of their own, a few batches ahead.
+    fn stream(&self, batches: SendableRecordBatchStream) -> DoGetStream {
+        let schema = batches.schema();
+        let source = batches
+            .map_err(|err| FlightError::Tonic(Box::new(Status::from(Error::Query(err.into())))));
+        let mut encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(self.max_flight_data_size)
+            .build(source);
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let span = tracing::debug_span!("flight.stream", messages = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let mut messages = 0u64;
+                while let Some(item) = encoded.next().await {
+                    let item = item.map_err(|err| match err {
+                        FlightError::Tonic(status) => *status,
+                        other => Status::internal(other.to_string()),
+                    });
+                    let failed = item.is_err();
+                    if sender.send(item).await.is_err() || failed {
+                        break;
+                    }
+                    messages += 1;
+                }
+                tracing::Span::current().record("messages", messages);
+            }
+            .instrument(span),
+        );
+        Box::pin(ReceiverStream::new(receiver))
+    }
+
+    fn stream_batch(&self, batch: RecordBatch) -> DoGetStream {
+        let schema = batch.schema();
+        let batches = futures::stream::iter([Ok(batch)]);
+        self.stream(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    fn default_schema(&self) -> &'static str {
+        self.engine.store().default_schema()
+    }
+}
+
+/// The parameter values bound to `handle`, one list per row (one empty list when none
+/// are bound).
+fn bound_rows(handle: &StatementHandle) -> Result<Vec<Vec<ScalarValue>>> {
+    let Some(batch) = &handle.params else {
+        return Ok(vec![Vec::new()]);
+    };
+    (0..batch.num_rows())
+        .map(|row| {
+            batch
+                .columns()
+                .iter()
+                .map(|column| {
+                    ScalarValue::try_from_array(column, row).map_err(|err| {
+                        Error::InvalidRequest(format!("cannot read parameter value: {err}"))
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Bytes> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into()?;
+    Ok(bytes)
+}
+
+fn no_transactions(transaction_id: &Option<Bytes>) -> Result<(), Status> {
+    match transaction_id {
+        Some(_) => Err(Status::invalid_argument(
+            "transactions are not supported by this server",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
+    StatementHandle::decode(bytes).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for QuiverFlightSqlService {
+    type FlightService = QuiverFlightSqlService;
+
+    #[tracing::instrument(name = "flight.get_flight_info.statement", skip_all, fields(db.query.text = %query.query))]
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        no_transactions(&query.transaction_id)?;
+        let info = self
+            .statement_info(StatementHandle::new(query.query), request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    #[tracing::instrument(name = "flight.get_flight_info.prepared_statement", skip_all)]
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = decode_handle(&query.prepared_statement_handle)?;
+        let info = self.statement_info(handle, request.into_inner()).await?;
+        Ok(Response::new(info))
+    }
+
+    #[tracing::instrument(name = "flight.do_get.statement", skip_all, fields(db.query.text = tracing::field::Empty))]
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let handle = decode_handle(&ticket.statement_handle)?;
+        tracing::Span::current().record("db.query.text", handle.sql.as_str());
+        let batches = self.run_statement(handle).await?;
+        Ok(Response::new(self.stream(batches)))
+    }
+
+    #[tracing::instrument(name = "flight.do_get.prepared_statement", skip_all)]
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let handle = decode_handle(&query.prepared_statement_handle)?;
+        let batches = self.run_statement(handle).await?;
+        Ok(Response::new(self.stream(batches)))
+    }
+
+    #[tracing::instrument(name = "flight.create_prepared_statement", skip_all, fields(db.query.text = %query.query))]
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        no_transactions(&query.transaction_id)?;
+        let prepared = self
+            .engine
+            .prepare(&query.query)
+            .await
+            .map_err(Error::from)?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: StatementHandle::new(query.query).encode()?,
+            dataset_schema: schema_bytes(&prepared.schema())?,
+            parameter_schema: schema_bytes(&prepared.parameter_schema())?,
+        })
+    }
+
+    #[tracing::instrument(name = "flight.bind_parameters", skip_all)]
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let mut handle = decode_handle(&query.prepared_statement_handle)?;
+        // Read the whole stream, always: the client may send several batches.
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        )
+        .try_collect()
+        .await
+        .map_err(|err| Status::invalid_argument(format!("cannot read parameter batches: {err}")))?;
+        handle.params = match batches.first() {
+            None => None,
+            Some(first) => Some(
+                arrow::compute::concat_batches(&first.schema(), &batches).map_err(Error::from)?,
+            ),
+        };
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode()?),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles are stateless: there is nothing to release, but reject garbage.
+        decode_handle(&query.prepared_statement_handle)?;
+        Ok(())
+    }
+
+    async fn do_action_begin_transaction(
+        &self,
+        _query: ActionBeginTransactionRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionBeginTransactionResult, Status> {
+        Err(Status::unimplemented(
+            "transactions are not supported by this server",
+        ))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder: GetCatalogsBuilder = query.into_builder();
+        builder.append(CATALOG_NAME);
+        let batch = builder.build().map_err(Error::from)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder: GetDbSchemasBuilder = query.into_builder();
+        for schema in &self.engine.catalog().schemas {
+            builder.append(CATALOG_NAME, &schema.name);
+        }
+        let batch = builder.build().map_err(Error::from)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder: GetTablesBuilder = query.into_builder();
+        for table in self.engine.catalog().tables() {
+            let schema = metadata::table_schema(CATALOG_NAME, table);
+            builder
+                .append(
+                    CATALOG_NAME,
+                    &table.schema,
+                    &table.name,
+                    table.kind.as_str(),
+                    &schema,
+                )
+                .map_err(Error::from)?;
+        }
+        let batch = builder.build().map_err(Error::from)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        builder.append("VIEW");
+        let batch = builder.build().map_err(Error::from)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        let info = self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query.into_builder(&SQL_INFO).build().map_err(Error::from)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&XDBC_TYPE_INFO).schema();
+        let info = self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&XDBC_TYPE_INFO)
+            .build()
+            .map_err(Error::from)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = self.flight_info(
+            &metadata::primary_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = metadata::primary_keys(
+            CATALOG_NAME,
+            &self.engine.catalog(),
+            query.catalog.as_deref(),
+            query.db_schema.as_deref(),
+            &query.table,
+        )?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = self.flight_info(
+            &metadata::foreign_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let filter = KeyFilter {
+            fk: Some((query.db_schema.as_deref(), &query.table)),
+            pk: None,
+        };
+        let batch = metadata::foreign_keys(
+            CATALOG_NAME,
+            &self.engine.catalog(),
+            query.catalog.as_deref(),
+            filter,
+        )?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = self.flight_info(
+            &metadata::foreign_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let filter = KeyFilter {
+            fk: None,
+            pk: Some((query.db_schema.as_deref(), &query.table)),
+        };
+        let batch = metadata::foreign_keys(
+            CATALOG_NAME,
+            &self.engine.catalog(),
+            query.catalog.as_deref(),
+            filter,
+        )?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = self.flight_info(
+            &metadata::foreign_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let catalog_filter = query.pk_catalog.as_deref().or(query.fk_catalog.as_deref());
+        let filter = KeyFilter {
+            fk: Some((query.fk_db_schema.as_deref(), &query.fk_table)),
+            pk: Some((query.pk_db_schema.as_deref(), &query.pk_table)),
+        };
+        let batch =
+            metadata::foreign_keys(CATALOG_NAME, &self.engine.catalog(), catalog_filter, filter)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let body = match action.r#type.as_str() {
+            session::GET_SESSION_OPTIONS => {
+                session::current_options(CATALOG_NAME, self.default_schema()).encode_to_vec()
+            }
+            session::SET_SESSION_OPTIONS => {
+                let set =
+                    session::SetSessionOptionsRequest::decode(action.body).map_err(|err| {
+                        Status::invalid_argument(format!("invalid SetSessionOptionsRequest: {err}"))
+                    })?;
+                session::set_options(&set, CATALOG_NAME, self.default_schema()).encode_to_vec()
+            }
+            session::CLOSE_SESSION => session::CloseSessionResult { status: 1 }.encode_to_vec(),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action type '{other}'"
+                )));
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
+        let describe = |name: &str, description: &str| {
+            Ok(ActionType {
+                r#type: name.to_owned(),
+                description: description.to_owned(),
+            })
+        };
+        Some(vec![
+            describe(
+                session::SET_SESSION_OPTIONS,
+                "Set session options (catalog, schema).",
+            ),
+            describe(
+                session::GET_SESSION_OPTIONS,
+                "Get session options (catalog, schema).",
+            ),
+            describe(session::CLOSE_SESSION, "Close the session."),
+        ])
+    }
+
+    async fn do_exchange_fallback(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<<Self as FlightService>::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("DoExchange is not supported"))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Err(Status::invalid_argument(format!(
+            "unknown ticket type {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

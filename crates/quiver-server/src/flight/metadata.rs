@@ -1,0 +1,375 @@
+//! Catalog metadata in the shapes Flight SQL defines: SqlInfo, type info, tables, keys.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder, UInt8Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::{
+    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlOuterJoinsSupportLevel,
+    SqlSupportedCaseSensitivity, SqlSupportedTransaction, XdbcDataType, XdbcDatetimeSubcode,
+};
+use quiver_storage::{Catalog, ForeignKeyAction, TableInfo};
+
+use crate::error::Result;
+
+/// Field metadata keys Flight SQL defines for result and table columns.
+const TYPE_NAME_KEY: &str = "ARROW:FLIGHT:SQL:TYPE_NAME";
+const CATALOG_NAME_KEY: &str = "ARROW:FLIGHT:SQL:CATALOG_NAME";
+const SCHEMA_NAME_KEY: &str = "ARROW:FLIGHT:SQL:SCHEMA_NAME";
+const TABLE_NAME_KEY: &str = "ARROW:FLIGHT:SQL:TABLE_NAME";
+
+/// What this server supports, answered to `GetSqlInfo`. Only capabilities that work
+/// are advertised.
+pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut builder = SqlInfoDataBuilder::new();
+    builder.append(SqlInfo::FlightSqlServerName, "Quiver");
+    builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    builder.append(SqlInfo::FlightSqlServerArrowVersion, "1.5");
+    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
+    builder.append(SqlInfo::FlightSqlServerSql, true);
+    builder.append(SqlInfo::FlightSqlServerSubstrait, false);
+    builder.append(
+        SqlInfo::FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
+    builder.append(SqlInfo::FlightSqlServerCancel, false);
+    builder.append(SqlInfo::FlightSqlServerBulkIngestion, false);
+    builder.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
+    builder.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    builder.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
+    builder.append(SqlInfo::SqlDdlCatalog, false);
+    builder.append(SqlInfo::SqlDdlSchema, false);
+    builder.append(SqlInfo::SqlDdlTable, false);
+    builder.append(
+        SqlInfo::SqlIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
+    );
+    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    builder.append(
+        SqlInfo::SqlNullOrdering,
+        SqlNullOrdering::SqlNullsSortedHigh as i32,
+    );
+    builder.append(SqlInfo::SqlSearchStringEscape, "\\");
+    builder.append(SqlInfo::SqlSupportsColumnAliasing, true);
+    builder.append(SqlInfo::SqlNullPlusNullIsNull, true);
+    builder.append(SqlInfo::SqlSupportsTableCorrelationNames, true);
+    builder.append(SqlInfo::SqlSupportsExpressionsInOrderBy, true);
+    builder.append(SqlInfo::SqlSupportsOrderByUnrelated, true);
+    builder.append(SqlInfo::SqlSupportsLikeEscapeClause, true);
+    builder.append(SqlInfo::SqlSupportsNonNullableColumns, true);
+    builder.append(
+        SqlInfo::SqlOuterJoinsSupportLevel,
+        SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32,
+    );
+    builder.append(SqlInfo::SqlSchemaTerm, "schema");
+    builder.append(SqlInfo::SqlCatalogTerm, "catalog");
+    builder.append(SqlInfo::SqlProcedureTerm, "procedure");
+    builder.append(SqlInfo::SqlCatalogAtStart, true);
+    builder.append(SqlInfo::SqlSelectForUpdateSupported, false);
+    builder.append(SqlInfo::SqlStoredProceduresSupported, false);
+    // Bit mask: comparisons, EXISTS, IN (SqlSupportedSubqueries 0, 1, 2).
+    builder.append(SqlInfo::SqlSupportedSubqueries, 0b111i32);
+    builder.append(SqlInfo::SqlCorrelatedSubqueriesSupported, true);
+    // Bit mask: UNION, UNION ALL.
+    builder.append(SqlInfo::SqlSupportedUnions, 0b11i32);
+    builder.append(SqlInfo::SqlTransactionsSupported, false);
+    builder.append(SqlInfo::SqlBatchUpdatesSupported, false);
+    builder.append(SqlInfo::SqlSavepointsSupported, false);
+    builder.append(SqlInfo::SqlNamedParametersSupported, false);
+    builder.build().expect("static SqlInfo values build")
+});
+
+fn type_info(
+    name: &str,
+    data_type: XdbcDataType,
+    sql_data_type: XdbcDataType,
+    subcode: Option<XdbcDatetimeSubcode>,
+    quote: bool,
+) -> XdbcTypeInfo {
+    let numeric = matches!(
+        data_type,
+        XdbcDataType::XdbcBigint | XdbcDataType::XdbcDouble
+    );
+    XdbcTypeInfo {
+        type_name: name.to_owned(),
+        data_type,
+        column_size: None,
+        literal_prefix: quote.then(|| "'".to_owned()),
+        literal_suffix: quote.then(|| "'".to_owned()),
+        create_params: None,
+        nullable: Nullable::NullabilityNullable,
+        case_sensitive: matches!(data_type, XdbcDataType::XdbcVarchar),
+        searchable: Searchable::Full,
+        unsigned_attribute: numeric.then_some(false),
+        fixed_prec_scale: false,
+        auto_increment: numeric.then_some(false),
+        local_type_name: Some(name.to_owned()),
+        minimum_scale: None,
+        maximum_scale: None,
+        sql_data_type,
+        datetime_subcode: subcode,
+        num_prec_radix: numeric.then_some(if data_type == XdbcDataType::XdbcBigint {
+            10
+        } else {
+            2
+        }),
+        interval_precision: None,
+    }
+}
+
+/// The SQL types results can carry, answered to `GetXdbcTypeInfo`.
+pub static XDBC_TYPE_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
+    use XdbcDataType as T;
+    let mut builder = XdbcTypeInfoDataBuilder::new();
+    builder.append(type_info("BOOLEAN", T::XdbcBit, T::XdbcBit, None, false));
+    builder.append(type_info(
+        "BIGINT",
+        T::XdbcBigint,
+        T::XdbcBigint,
+        None,
+        false,
+    ));
+    builder.append(type_info(
+        "DOUBLE",
+        T::XdbcDouble,
+        T::XdbcDouble,
+        None,
+        false,
+    ));
+    builder.append(type_info(
+        "VARCHAR",
+        T::XdbcVarchar,
+        T::XdbcVarchar,
+        None,
+        true,
+    ));
+    builder.append(type_info(
+        "BLOB",
+        T::XdbcVarbinary,
+        T::XdbcVarbinary,
+        None,
+        true,
+    ));
+    builder.append(type_info(
+        "DATE",
+        T::XdbcDate,
+        T::XdbcDatetime,
+        Some(XdbcDatetimeSubcode::XdbcSubcodeYear),
+        true,
+    ));
+    builder.append(type_info(
+        "TIME",
+        T::XdbcTime,
+        T::XdbcDatetime,
+        Some(XdbcDatetimeSubcode::XdbcSubcodeTime),
+        true,
+    ));
+    builder.append(type_info(
+        "TIMESTAMP",
+        T::XdbcTimestamp,
+        T::XdbcDatetime,
+        Some(XdbcDatetimeSubcode::XdbcSubcodeTimestamp),
+        true,
+    ));
+    builder.build().expect("static type info builds")
+});
+
+/// A table's Arrow schema with the Flight SQL column metadata (declared type names).
+pub fn table_schema(catalog_name: &str, table: &TableInfo) -> Schema {
+    let fields: Vec<Field> = table
+        .columns
+        .iter()
+        .map(|column| {
+            let metadata = [
+                (TYPE_NAME_KEY, column.declared_type.as_str()),
+                (CATALOG_NAME_KEY, catalog_name),
+                (SCHEMA_NAME_KEY, table.schema.as_str()),
+                (TABLE_NAME_KEY, table.name.as_str()),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            Field::new(&column.name, column.data_type.clone(), column.nullable)
+                .with_metadata(metadata)
+        })
+        .collect();
+    Schema::new(fields)
+}
+
+/// Schema of the `GetPrimaryKeys` result.
+pub fn primary_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
+    ]))
+}
+
+/// The `GetPrimaryKeys` rows of the tables matching the filters.
+pub fn primary_keys(
+    catalog_name: &str,
+    catalog: &Catalog,
+    catalog_filter: Option<&str>,
+    schema_filter: Option<&str>,
+    table_name: &str,
+) -> Result<RecordBatch> {
+    let mut catalogs = StringBuilder::new();
+    let mut schemas = StringBuilder::new();
+    let mut tables = StringBuilder::new();
+    let mut columns = StringBuilder::new();
+    let mut key_names = StringBuilder::new();
+    let mut sequences = Int32Builder::new();
+    if catalog_filter.is_none_or(|c| c == catalog_name) {
+        for table in catalog.tables() {
+            if table.name != table_name || schema_filter.is_some_and(|s| s != table.schema) {
+                continue;
+            }
+            for (position, column) in table.primary_key.iter().enumerate() {
+                catalogs.append_value(catalog_name);
+                schemas.append_value(&table.schema);
+                tables.append_value(&table.name);
+                columns.append_value(column);
+                key_names.append_null();
+                sequences.append_value(position as i32 + 1);
+            }
+        }
+    }
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(catalogs.finish()),
+        Arc::new(schemas.finish()),
+        Arc::new(tables.finish()),
+        Arc::new(columns.finish()),
+        Arc::new(key_names.finish()),
+        Arc::new(sequences.finish()),
+    ];
+    Ok(RecordBatch::try_new(primary_keys_schema(), arrays)?)
+}
+
+/// Schema of the `GetImportedKeys`, `GetExportedKeys` and `GetCrossReference` results.
+pub fn foreign_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pk_catalog_name", DataType::Utf8, true),
+        Field::new("pk_db_schema_name", DataType::Utf8, true),
+        Field::new("pk_table_name", DataType::Utf8, false),
+        Field::new("pk_column_name", DataType::Utf8, false),
+        Field::new("fk_catalog_name", DataType::Utf8, true),
+        Field::new("fk_db_schema_name", DataType::Utf8, true),
+        Field::new("fk_table_name", DataType::Utf8, false),
+        Field::new("fk_column_name", DataType::Utf8, false),
+        Field::new("key_sequence", DataType::Int32, false),
+        Field::new("fk_key_name", DataType::Utf8, true),
+        Field::new("pk_key_name", DataType::Utf8, true),
+        Field::new("update_rule", DataType::UInt8, false),
+        Field::new("delete_rule", DataType::UInt8, false),
+    ]))
+}
+
+fn rule(action: ForeignKeyAction) -> u8 {
+    match action {
+        ForeignKeyAction::Cascade => 0,
+        ForeignKeyAction::Restrict => 1,
+        ForeignKeyAction::SetNull => 2,
+        ForeignKeyAction::NoAction => 3,
+        ForeignKeyAction::SetDefault => 4,
+    }
+}
+
+/// Selects which foreign keys a keys request returns.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyFilter<'a> {
+    /// Referencing (foreign key) table, schema.
+    pub fk: Option<(Option<&'a str>, &'a str)>,
+    /// Referenced (primary key) table, schema.
+    pub pk: Option<(Option<&'a str>, &'a str)>,
+}
+
+/// Foreign key rows matching `filter`, ordered as Flight SQL asks (by the other side's
+/// table, then key sequence).
+pub fn foreign_keys(
+    catalog_name: &str,
+    catalog: &Catalog,
+    catalog_filter: Option<&str>,
+    filter: KeyFilter<'_>,
+) -> Result<RecordBatch> {
+    let matches = |wanted: Option<(Option<&str>, &str)>, schema: &str, table: &str| {
+        wanted.is_none_or(|(wanted_schema, wanted_table)| {
+            wanted_table == table && wanted_schema.is_none_or(|s| s == schema)
+        })
+    };
+    let mut rows = Vec::new();
+    if catalog_filter.is_none_or(|c| c == catalog_name) {
+        for table in catalog.tables() {
+            if !matches(filter.fk, &table.schema, &table.name) {
+                continue;
+            }
+            for key in &table.foreign_keys {
+                if !matches(filter.pk, &key.referenced_schema, &key.referenced_table) {
+                    continue;
+                }
+                for (position, (fk_column, pk_column)) in
+                    key.columns.iter().zip(&key.referenced_columns).enumerate()
+                {
+                    rows.push((table, key, position as i32 + 1, fk_column, pk_column));
+                }
+            }
+        }
+    }
+    // Imported keys order by the referenced table, exported keys by the referencing one.
+    rows.sort_by(|a, b| {
+        let key_a = if filter.fk.is_some() {
+            (&a.1.referenced_schema, &a.1.referenced_table)
+        } else {
+            (&a.0.schema, &a.0.name)
+        };
+        let key_b = if filter.fk.is_some() {
+            (&b.1.referenced_schema, &b.1.referenced_table)
+        } else {
+            (&b.0.schema, &b.0.name)
+        };
+        key_a.cmp(&key_b).then(a.2.cmp(&b.2))
+    });
+    let mut builders: Vec<StringBuilder> = (0..8).map(|_| StringBuilder::new()).collect();
+    let mut sequence = Int32Builder::new();
+    let mut fk_names = StringBuilder::new();
+    let mut pk_names = StringBuilder::new();
+    let mut update_rules = UInt8Builder::new();
+    let mut delete_rules = UInt8Builder::new();
+    for (table, key, position, fk_column, pk_column) in rows {
+        let values = [
+            catalog_name,
+            &key.referenced_schema,
+            &key.referenced_table,
+            pk_column,
+            catalog_name,
+            &table.schema,
+            &table.name,
+            fk_column,
+        ];
+        for (builder, value) in builders.iter_mut().zip(values) {
+            builder.append_value(value);
+        }
+        sequence.append_value(position);
+        fk_names.append_option(key.name.as_deref());
+        pk_names.append_null();
+        update_rules.append_value(rule(key.on_update));
+        delete_rules.append_value(rule(key.on_delete));
+    }
+    let mut arrays: Vec<ArrayRef> = builders
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    arrays.push(Arc::new(sequence.finish()));
+    arrays.push(Arc::new(fk_names.finish()));
+    arrays.push(Arc::new(pk_names.finish()));
+    arrays.push(Arc::new(update_rules.finish()));
+    arrays.push(Arc::new(delete_rules.finish()));
+    Ok(RecordBatch::try_new(foreign_keys_schema(), arrays)?)
+}

@@ -1,0 +1,217 @@
+//! The HTTP surface: health, readiness and `POST /v1/query` (SQL → JSON).
+//!
+//! `POST /v1/query` with `{"sql": "..."}` answers a JSON array with one object per row
+//! (`[{"id": 1, "status": "todo"}, …]`, NULLs as `null`, timestamps as ISO-8601 text).
+//! With `Accept: application/x-ndjson` (or `"format": "ndjson"`) it answers one object
+//! per line instead. Rows are encoded batch by batch as the query produces them, so
+//! memory stays bounded. Errors found before the first row answer a JSON error with a
+//! status matching the gRPC code; a failure mid-stream aborts the response.
+
+use std::sync::Arc;
+
+use arrow_json::writer::{JsonArray, LineDelimited, WriterBuilder};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+use quiver_query::QueryEngine;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tracing::Instrument;
+
+use crate::error::{Error, code_name, code_of};
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The query engine.
+    pub engine: Arc<QueryEngine>,
+}
+
+/// The HTTP routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/query", post(query))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let store = state.engine.store();
+    let pool = store.pool_status();
+    let pool_json = json!({
+        "max_size": pool.max_size,
+        "connections": pool.connections,
+        "idle": pool.idle,
+        "waiting": pool.waiting,
+        "acquired": pool.acquired,
+        "acquire_timeouts": pool.acquire_timeouts,
+        "connections_created": pool.connections_created,
+    });
+    match store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "store": store.describe(), "pool": pool_json})),
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": err.to_string(), "store": store.describe(), "pool": pool_json})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryRequest {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Array,
+    Lines,
+}
+
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled | Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn error_response(err: Error) -> Response {
+    let code = code_of(&err);
+    let body = json!({"error": {"code": code_name(code), "message": err.to_string()}});
+    (http_status(code), Json(body)).into_response()
+}
+
+#[tracing::instrument(name = "http.query", skip_all, fields(db.query.text = %request.sql))]
+async fn query(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Json(request): Json<QueryRequest>,
+) -> Response {
+    let wants_lines = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let format = match request.format.as_deref() {
+        Some("ndjson") => Format::Lines,
+        Some("json") => Format::Array,
+        Some(other) => {
+            return error_response(Error::InvalidRequest(format!(
+                "unknown format '{other}' (expected 'json' or 'ndjson')"
+            )));
+        }
+        None if wants_lines => Format::Lines,
+        None => Format::Array,
+    };
+    let batches = match state.engine.sql(&request.sql).await {
+        Ok(batches) => batches,
+        Err(err) => return error_response(err.into()),
+    };
+    let content_type = match format {
+        Format::Array => "application/json",
+        Format::Lines => "application/x-ndjson",
+    };
+    let mut response = Response::new(Body::from_stream(encode_json(batches, format)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Encodes batches to JSON on blocking threads, a couple of chunks ahead of the client.
+fn encode_json(
+    mut batches: SendableRecordBatchStream,
+    format: Format,
+) -> ReceiverStream<Result<Bytes, std::io::Error>> {
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let span = tracing::debug_span!("http.query.stream");
+    tokio::spawn(
+        async move {
+            enum Writer {
+                Array(arrow_json::Writer<Vec<u8>, JsonArray>),
+                Lines(arrow_json::Writer<Vec<u8>, LineDelimited>),
+            }
+            let builder = WriterBuilder::new().with_explicit_nulls(true);
+            let mut writer = match format {
+                Format::Array => Writer::Array(builder.build(Vec::new())),
+                Format::Lines => Writer::Lines(builder.build(Vec::new())),
+            };
+            let io_error = |message: String| std::io::Error::other(message);
+            loop {
+                let next = batches.next().await;
+                let finished = next.is_none();
+                let encoded = tokio::task::spawn_blocking(move || {
+                    let result = match (&mut writer, next) {
+                        (Writer::Array(w), Some(Ok(batch))) => w.write(&batch),
+                        (Writer::Lines(w), Some(Ok(batch))) => w.write(&batch),
+                        (Writer::Array(w), None) => w.finish(),
+                        (Writer::Lines(w), None) => w.finish(),
+                        (_, Some(Err(err))) => {
+                            Err(arrow::error::ArrowError::ExternalError(Box::new(err)))
+                        }
+                    };
+                    let chunk = match &mut writer {
+                        Writer::Array(w) => std::mem::take(w.get_mut()),
+                        Writer::Lines(w) => std::mem::take(w.get_mut()),
+                    };
+                    (writer, result.map(|()| chunk))
+                })
+                .await;
+                let (returned, result) = match encoded {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        let _ = sender
+                            .send(Err(io_error(format!("encoding task failed: {err}"))))
+                            .await;
+                        return;
+                    }
+                };
+                writer = returned;
+                let chunk = match result {
+                    Ok(chunk) => chunk,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "query failed while streaming JSON");
+                        let _ = sender.send(Err(io_error(err.to_string()))).await;
+                        return;
+                    }
+                };
+                if !chunk.is_empty() && sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    return;
+                }
+                if finished {
+                    return;
+                }
+            }
+        }
+        .instrument(span),
+    );
+    ReceiverStream::new(receiver)
+}

@@ -1,0 +1,20 @@
+//! Logging and tracing set-up.
+//!
+//! Spans are named after what they cover (`flight.do_get.statement`, `query.plan`,
+//! `query.execute`, `storage.sqlite.read`, …) and carry OpenTelemetry-style fields
+//! (`db.system.name`, `db.query.text`), so an OpenTelemetry exporter can be attached to
+//! the same subscriber. Verbosity comes from `QUIVER_LOG` (or `RUST_LOG`), e.g.
+//! `QUIVER_LOG=quiver=debug`; the default is `info`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: human-readable lines on stderr.
+pub fn init() {
+    let filter = std::env::var("QUIVER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

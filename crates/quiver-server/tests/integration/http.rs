@@ -1,0 +1,110 @@
+//! The HTTP port: health, readiness and SQL → JSON.
+
+use quiver_server::test_utils::TestServer;
+use serde_json::Value;
+
+use crate::common::{sorted, sqlite_rows};
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::demo(10).await;
+    let health = reqwest::get(server.http_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert!(body["pool"]["connections"].as_u64().unwrap() >= 1, "{body}");
+}
+
+fn json_rows(rows: &[Value], columns: &[&str]) -> Vec<String> {
+    rows.iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| match &row[*c] {
+                    Value::Null => "NULL".to_owned(),
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) if n.is_f64() => {
+                        quiver_storage::testing::canonical_float(n.as_f64().unwrap())
+                    }
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn query_returns_json_rows_equal_to_sqlite() {
+    let server = TestServer::demo(20_000).await;
+    let sql = "SELECT id, key, agent_type, estimate_hours FROM tasks WHERE priority <= 3";
+    let client = reqwest::Client::new();
+    let response = client
+        .post(server.http_url("/v1/query"))
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let rows: Vec<Value> = response.json().await.unwrap();
+    let ours = json_rows(&rows, &["id", "key", "agent_type", "estimate_hours"]);
+    let truth = sqlite_rows(&server, sql);
+    assert!(truth.len() > 8192, "spans several batches: {}", truth.len());
+    assert_eq!(sorted(ours), sorted(truth));
+
+    let lines = client
+        .post(server.http_url("/v1/query"))
+        .header("accept", "application/x-ndjson")
+        .json(&serde_json::json!({ "sql": "SELECT id FROM tasks WHERE id <= 3 ORDER BY id" }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(lines, "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n");
+
+    let empty: Vec<Value> = client
+        .post(server.http_url("/v1/query"))
+        .json(&serde_json::json!({ "sql": "SELECT id FROM tasks WHERE id < 0" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+}
+
+#[tokio::test]
+async fn query_errors_are_json_with_the_grpc_code() {
+    let server = TestServer::demo(10).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(server.http_url("/v1/query"))
+        .json(&serde_json::json!({ "sql": "SELECT * FROM missing_table" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_ARGUMENT");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing_table"),
+        "{body}"
+    );
+
+    let response = client
+        .post(server.http_url("/v1/query"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+}

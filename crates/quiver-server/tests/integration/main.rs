@@ -1,0 +1,8 @@
+//! End-to-end tests: a real server on ephemeral ports, real Flight SQL and HTTP clients,
+//! and SQLite itself as the source of truth.
+
+mod common;
+mod errors;
+mod flight_sql;
+mod http;
+mod metadata;
