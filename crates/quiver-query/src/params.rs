@@ -5,7 +5,7 @@
 //! SQL tokenizer, so question marks inside strings, identifiers and comments stay put.
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::ScalarValue;
+pub use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 

@@ -44,13 +44,15 @@ impl StoreTable {
         }
     }
 
-    /// The SQL and parameters that read `projection` of this table under `filters`.
+    /// The SQL and parameters that read `projection` of this table under `filters`,
+    /// restricted to `key_range` (start inclusive, end exclusive) of the range key.
     fn scan_sql(
         &self,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
-    ) -> datafusion::common::Result<(String, Vec<Value>, SchemaRef)> {
+        key_range: Option<(i64, i64)>,
+    ) -> datafusion::common::Result<ScanPartition> {
         let dialect = self.store.dialect();
         let schema = match projection {
             Some(indices) => Arc::new(self.schema.project(indices)?),
@@ -82,6 +84,14 @@ impl StoreTable {
             })?;
             conditions.push(rendered);
         }
+        let mut params = renderer.params;
+        if let (Some((start, end)), Some(key)) = (key_range, &self.info.range_key) {
+            params.push(Value::Int(start));
+            let start = dialect.placeholder(params.len());
+            params.push(Value::Int(end));
+            let end = dialect.placeholder(params.len());
+            conditions.push(format!("{key} >= {start} AND {key} < {end}"));
+        }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
@@ -89,8 +99,59 @@ impl StoreTable {
         if let Some(limit) = limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        Ok((sql, renderer.params, schema))
+        Ok(ScanPartition {
+            sql,
+            params,
+            schema,
+        })
     }
+
+    /// How many parallel range scans to split a scan into: only large tables with a
+    /// range key, without a limit and without filters on the primary key (those are
+    /// already narrow lookups).
+    fn partitions_for(&self, target: usize, filters: &[Expr], limit: Option<usize>) -> usize {
+        let large = self
+            .info
+            .estimated_rows
+            .is_some_and(|rows| rows >= MIN_ROWS_PER_PARTITION * 2);
+        let keyed_filter = filters.iter().any(|filter| {
+            filter
+                .column_refs()
+                .iter()
+                .any(|column| self.info.primary_key.contains(&column.name))
+        });
+        if target < 2 || limit.is_some() || !large || keyed_filter || self.info.range_key.is_none()
+        {
+            return 1;
+        }
+        let by_size = self.info.estimated_rows.unwrap_or(0) / MIN_ROWS_PER_PARTITION;
+        target.min(by_size as usize).max(1)
+    }
+}
+
+/// Fewest rows worth a partition of their own.
+const MIN_ROWS_PER_PARTITION: u64 = 100_000;
+
+/// The SQL one partition of a scan runs.
+#[derive(Debug, Clone)]
+struct ScanPartition {
+    sql: String,
+    params: Vec<Value>,
+    schema: SchemaRef,
+}
+
+/// `count` half-open ranges covering `[low, high]` evenly.
+fn split_range(low: i64, high: i64, count: usize) -> Vec<(i64, i64)> {
+    let width = i128::from(high) - i128::from(low) + 1;
+    let count = count.max(1) as i128;
+    (0..count)
+        .map(|i| {
+            let start = i128::from(low) + width * i / count;
+            let end = i128::from(low) + width * (i + 1) / count;
+            (start as i64, end.min(i128::from(i64::MAX)) as i64)
+        })
+        .filter(|(start, end)| start < end)
+        .collect()
 }
 
 #[async_trait]
@@ -108,12 +169,40 @@ impl TableProvider for StoreTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let (sql, params, schema) = self.scan_sql(projection, filters, limit)?;
+        let target = state.config().target_partitions();
+        let wanted = self.partitions_for(target, filters, limit);
+        let ranges = if wanted > 1 {
+            let range = self
+                .store
+                .key_range(&self.info)
+                .await
+                .map_err(|err| DataFusionError::External(Box::new(err)))?;
+            range
+                .map(|(low, high)| split_range(low, high, wanted))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let partitions = if ranges.len() > 1 {
+            let last = ranges.len() - 1;
+            ranges
+                .into_iter()
+                .enumerate()
+                .map(|(i, (start, end))| {
+                    // The last range is open-ended so rows added since the bounds were
+                    // read are not missed.
+                    let end = if i == last { i64::MAX } else { end };
+                    self.scan_sql(projection, filters, limit, Some((start, end)))
+                })
+                .collect::<datafusion::common::Result<Vec<_>>>()?
+        } else {
+            vec![self.scan_sql(projection, filters, limit, None)?]
+        };
         let estimated_rows = match (self.info.estimated_rows, limit) {
             (Some(rows), Some(limit)) => Some(rows.min(limit as u64)),
             (rows, _) => rows,
@@ -121,9 +210,7 @@ impl TableProvider for StoreTable {
         Ok(Arc::new(StoreScanExec::new(
             self.store.clone(),
             self.info.name.clone(),
-            sql,
-            params,
-            schema,
+            partitions,
             estimated_rows,
         )))
     }
@@ -145,13 +232,12 @@ impl TableProvider for StoreTable {
     }
 }
 
-/// Streams the rows of one SQL statement from the store.
+/// Streams rows from the store: one SQL statement per partition.
 #[derive(Debug)]
 pub struct StoreScanExec {
     store: Store,
     table: String,
-    sql: String,
-    params: Vec<Value>,
+    partitions: Vec<ScanPartition>,
     schema: SchemaRef,
     estimated_rows: Option<u64>,
     properties: Arc<PlanProperties>,
@@ -161,31 +247,34 @@ impl StoreScanExec {
     fn new(
         store: Store,
         table: String,
-        sql: String,
-        params: Vec<Value>,
-        schema: SchemaRef,
+        partitions: Vec<ScanPartition>,
         estimated_rows: Option<u64>,
     ) -> Self {
+        let schema = Arc::clone(
+            &partitions
+                .first()
+                .expect("a scan has at least one partition")
+                .schema,
+        );
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(partitions.len()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         Self {
             store,
             table,
-            sql,
-            params,
+            partitions,
             schema,
             estimated_rows,
             properties,
         }
     }
 
-    /// The SQL this scan runs on the store.
-    pub fn sql(&self) -> &str {
-        &self.sql
+    /// The SQL each partition of this scan runs on the store.
+    pub fn sql(&self) -> Vec<&str> {
+        self.partitions.iter().map(|p| p.sql.as_str()).collect()
     }
 }
 
@@ -193,14 +282,28 @@ impl DisplayAs for StoreScanExec {
     fn fmt_as(&self, format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match format {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
-                write!(f, "StoreScanExec: table={}, sql={}", self.table, self.sql)?;
-                if !self.params.is_empty() {
-                    let params: Vec<String> = self.params.iter().map(ToString::to_string).collect();
-                    write!(f, ", params=[{}]", params.join(", "))?;
+                write!(f, "StoreScanExec: table={}", self.table)?;
+                if self.partitions.len() > 1 {
+                    write!(f, ", partitions={}", self.partitions.len())?;
+                }
+                for partition in &self.partitions {
+                    write!(f, ", sql={}", partition.sql)?;
+                    if !partition.params.is_empty() {
+                        let params: Vec<String> =
+                            partition.params.iter().map(ToString::to_string).collect();
+                        write!(f, ", params=[{}]", params.join(", "))?;
+                    }
                 }
                 Ok(())
             }
-            DisplayFormatType::TreeRender => write!(f, "table={}\nsql={}", self.table, self.sql),
+            DisplayFormatType::TreeRender => {
+                write!(
+                    f,
+                    "table={}\npartitions={}",
+                    self.table,
+                    self.partitions.len()
+                )
+            }
         }
     }
 }
@@ -237,14 +340,15 @@ impl ExecutionPlan for StoreScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        if partition != 0 {
+        let Some(scan) = self.partitions.get(partition) else {
             return Err(DataFusionError::Internal(format!(
-                "StoreScanExec has one partition, asked for {partition}"
+                "StoreScanExec has {} partitions, asked for {partition}",
+                self.partitions.len()
             )));
-        }
+        };
         let store = self.store.clone();
-        let sql = self.sql.clone();
-        let params = self.params.clone();
+        let sql = scan.sql.clone();
+        let params = scan.params.clone();
         let schema = Arc::clone(&self.schema);
         let batches = futures::stream::once(async move { store.query(sql, params, schema).await })
             .try_flatten()
@@ -258,12 +362,33 @@ impl ExecutionPlan for StoreScanExec {
     fn statistics_from_inputs(
         &self,
         _input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
+        args: &StatisticsArgs,
     ) -> datafusion::common::Result<Arc<Statistics>> {
         let mut statistics = Statistics::new_unknown(&self.schema);
         if let Some(rows) = self.estimated_rows {
+            let rows = match args.partition() {
+                Some(_) => rows / self.partitions.len() as u64,
+                None => rows,
+            };
             statistics = statistics.with_num_rows(Precision::Inexact(rows as usize));
         }
         Ok(Arc::new(statistics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_range;
+
+    #[test]
+    fn ranges_cover_the_keys_without_overlap() {
+        assert_eq!(split_range(1, 10, 2), vec![(1, 6), (6, 11)]);
+        assert_eq!(split_range(5, 5, 4), vec![(5, 6)]);
+        let ranges = split_range(i64::MIN, i64::MAX - 1, 3);
+        assert_eq!(ranges.first().unwrap().0, i64::MIN);
+        assert_eq!(ranges.last().unwrap().1, i64::MAX);
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0);
+        }
     }
 }

@@ -256,6 +256,7 @@ mod tests {
             foreign_keys: vec![],
             indexes: vec![],
             estimated_rows: None,
+            range_key: None,
         }
     }
 

@@ -256,6 +256,13 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_file_lists_the_defaults() {
+        let file: ServeArgs = toml::from_str(include_str!("../../../deploy/quiver.toml")).unwrap();
+        let from_file = file.resolve().unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quiver.toml");

@@ -24,6 +24,7 @@ pub mod test_utils;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use axum::serve::ListenerExt;
 use quiver_query::QueryEngine;
 use quiver_storage::{Store, demo};
 use tokio::net::TcpListener;
@@ -86,6 +87,20 @@ impl Server {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: responses are written in whole
+/// messages, and waiting for ACKs would add tens of milliseconds to small results.
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::TryStreamExt;
+    TcpListenerStream::new(listener).map_ok(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        stream
+    })
+}
+
 /// Serves gRPC and HTTP on `listeners` until `shutdown` is cancelled, then drains
 /// in-flight requests and returns.
 pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationToken) -> Result<()> {
@@ -108,14 +123,19 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(flight)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+        .serve_with_incoming_shutdown(no_delay(listeners.grpc), async move {
             grpc_shutdown.cancelled().await;
         });
     let http_shutdown = shutdown.clone();
     let router = http::router(http::HttpState {
         engine: Arc::clone(&server.engine),
     });
-    let http = axum::serve(listeners.http, router).with_graceful_shutdown(async move {
+    let http_listener = listeners.http.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    let http = axum::serve(http_listener, router).with_graceful_shutdown(async move {
         http_shutdown.cancelled().await;
     });
     let (grpc, http) = tokio::join!(grpc, http);

@@ -6,9 +6,12 @@
 //! the same subscriber. Verbosity comes from `QUIVER_LOG` (or `RUST_LOG`), e.g.
 //! `QUIVER_LOG=quiver=debug`; the default is `info`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber: human-readable lines on stderr.
+/// Installs the global subscriber: human-readable lines on stderr (colored on a
+/// terminal only).
 pub fn init() {
     let filter = std::env::var("QUIVER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -16,5 +19,6 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -73,6 +73,9 @@ pub struct TableInfo {
     pub indexes: Vec<IndexInfo>,
     /// Row count from the store's planner statistics, when it has any.
     pub estimated_rows: Option<u64>,
+    /// An integer key the store scans in ranges cheaply (SQLite's `rowid`), used to
+    /// split large scans into parallel partitions; `None` when there is none.
+    pub range_key: Option<String>,
 }
 
 impl TableInfo {

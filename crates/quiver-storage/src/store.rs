@@ -9,7 +9,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::Stream;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, TableInfo};
 use crate::error::{Error, Result};
 use crate::sqlite::{SqliteOptions, SqliteStore};
 use crate::value::Value;
@@ -215,6 +215,35 @@ impl Store {
             Backend::Sqlite(store) => {
                 store
                     .query(sql.into(), params, schema, self.batch_size)
+                    .await
+            }
+        }
+    }
+
+    /// The smallest and largest value of `table`'s range key, or `None` when the table
+    /// has no range key or no rows.
+    pub async fn key_range(&self, table: &TableInfo) -> Result<Option<(i64, i64)>> {
+        let Some(key) = table.range_key.clone() else {
+            return Ok(None);
+        };
+        let dialect = self.dialect();
+        let sql = format!(
+            "SELECT min({key}), max({key}) FROM {}.{}",
+            dialect.quote_identifier(&table.schema),
+            dialect.quote_identifier(&table.name)
+        );
+        match &*self.backend {
+            Backend::Sqlite(store) => {
+                store
+                    .read(move |conn| {
+                        let range: (Option<i64>, Option<i64>) = conn
+                            .prepare_cached(&sql)?
+                            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                        Ok(match range {
+                            (Some(low), Some(high)) => Some((low, high)),
+                            _ => None,
+                        })
+                    })
                     .await
             }
         }

@@ -50,6 +50,10 @@ fn canonical_cell(array: &dyn Array, row: usize) -> String {
     }
     match array.data_type() {
         DataType::Int64 => array.as_primitive::<Int64Type>().value(row).to_string(),
+        DataType::UInt64 => array
+            .as_primitive::<arrow::datatypes::UInt64Type>()
+            .value(row)
+            .to_string(),
         DataType::Int32 => array
             .as_primitive::<arrow::datatypes::Int32Type>()
             .value(row)

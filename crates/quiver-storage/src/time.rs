@@ -36,6 +36,7 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+#[inline]
 fn digits(bytes: &[u8]) -> Option<u32> {
     if bytes.is_empty() {
         return None;
@@ -60,6 +61,7 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 }
 
 /// Parses `YYYY-MM-DD` at the start of `bytes`; returns days since the epoch.
+#[inline]
 fn parse_date_prefix(bytes: &[u8]) -> Option<i64> {
     if bytes.len() < 10 || bytes[4] != b'-' || bytes[7] != b'-' {
         return None;
@@ -74,6 +76,7 @@ fn parse_date_prefix(bytes: &[u8]) -> Option<i64> {
 }
 
 /// Parses `HH:MM[:SS[.fraction]]`; returns microseconds since midnight and the rest.
+#[inline]
 fn parse_time_prefix(bytes: &[u8]) -> Option<(i64, &[u8])> {
     if bytes.len() < 5 || bytes[2] != b':' {
         return None;
@@ -138,7 +141,13 @@ fn parse_zone(bytes: &[u8]) -> Option<i64> {
 /// Accepts `YYYY-MM-DD`, `YYYY-MM-DD HH:MM`, `YYYY-MM-DD HH:MM:SS[.ffffff]`, with `T` or a
 /// space between date and time and an optional zone (`Z`, `±HH:MM`).
 pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
-    let bytes = text.trim().as_bytes();
+    parse_timestamp_bytes(text.as_bytes())
+}
+
+/// [`parse_timestamp_micros`] on raw bytes (no UTF-8 check needed: only ASCII matches).
+#[inline]
+pub fn parse_timestamp_bytes(bytes: &[u8]) -> Option<i64> {
+    let bytes = bytes.trim_ascii();
     let days = parse_date_prefix(bytes)?;
     let rest = &bytes[10..];
     if rest.is_empty() {
@@ -155,10 +164,16 @@ pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
 
 /// Parses `YYYY-MM-DD` (a time part, if present, is ignored) into days since the epoch.
 pub fn parse_date_days(text: &str) -> Option<i32> {
-    let bytes = text.trim().as_bytes();
+    parse_date_bytes(text.as_bytes())
+}
+
+/// [`parse_date_days`] on raw bytes.
+#[inline]
+pub fn parse_date_bytes(bytes: &[u8]) -> Option<i32> {
+    let bytes = bytes.trim_ascii();
     let days = parse_date_prefix(bytes)?;
     let rest = &bytes[10..];
-    if !rest.is_empty() && parse_timestamp_micros(text).is_none() {
+    if !rest.is_empty() && parse_timestamp_bytes(bytes).is_none() {
         return None;
     }
     i32::try_from(days).ok()
@@ -166,7 +181,13 @@ pub fn parse_date_days(text: &str) -> Option<i32> {
 
 /// Parses `HH:MM[:SS[.ffffff]]` into microseconds since midnight.
 pub fn parse_time_micros(text: &str) -> Option<i64> {
-    let (micros, rest) = parse_time_prefix(text.trim().as_bytes())?;
+    parse_time_bytes(text.as_bytes())
+}
+
+/// [`parse_time_micros`] on raw bytes.
+#[inline]
+pub fn parse_time_bytes(bytes: &[u8]) -> Option<i64> {
+    let (micros, rest) = parse_time_prefix(bytes.trim_ascii())?;
     rest.is_empty().then_some(micros)
 }
 

@@ -35,6 +35,28 @@ impl Fixture {
         }
     }
 
+    /// A database built by `script`, with an engine running `partitions` partitions.
+    pub(crate) async fn from_script(script: &str, partitions: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("script.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(script)
+            .unwrap();
+        let url = format!("sqlite://{}", path.display());
+        let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
+        let config = EngineConfig {
+            target_partitions: partitions,
+            ..EngineConfig::default()
+        };
+        let engine = QueryEngine::new(store, config).await.unwrap();
+        Fixture {
+            engine,
+            path,
+            _dir: dir,
+        }
+    }
+
     /// Rows of `sql` through Quiver, as canonical text.
     pub(crate) async fn quiver_rows(&self, sql: &str) -> Vec<String> {
         let stream = self

@@ -55,3 +55,30 @@ async fn count_star_reads_no_column() {
         "{plan}"
     );
 }
+
+#[tokio::test]
+async fn large_scans_split_into_parallel_key_ranges() {
+    let script = "CREATE TABLE big (id INTEGER PRIMARY KEY, v INTEGER, s TEXT);
+        WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 250000)
+        INSERT INTO big SELECT n * 3, n % 97, 'k' || (n % 1000) FROM c;
+        ANALYZE;";
+    let fixture = Fixture::from_script(script, 2).await;
+    let plan = physical_plan(&fixture, "SELECT v, s FROM big WHERE v < 50").await;
+    assert!(plan.contains("partitions=2"), "{plan}");
+    assert!(plan.contains("rowid >= ?2 AND rowid < ?3"), "{plan}");
+    for sql in [
+        "SELECT count(*), sum(v), count(DISTINCT s), min(id), max(id) FROM big",
+        "SELECT count(*), sum(id) FROM big WHERE v < 50 AND s > 'k5'",
+    ] {
+        assert_eq!(
+            fixture.quiver_rows(sql).await,
+            fixture.sqlite_rows(sql),
+            "{sql}"
+        );
+    }
+    // Key lookups and limits stay one narrow statement.
+    let plan = physical_plan(&fixture, "SELECT v FROM big WHERE id = 300").await;
+    assert!(!plan.contains("partitions="), "{plan}");
+    let plan = physical_plan(&fixture, "SELECT v FROM big LIMIT 5").await;
+    assert!(!plan.contains("partitions="), "{plan}");
+}

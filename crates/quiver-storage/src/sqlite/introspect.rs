@@ -121,6 +121,7 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
         )?
     };
 
+    let column_names: Vec<String> = raw.iter().map(|c| c.name.clone()).collect();
     let columns = raw
         .into_iter()
         .enumerate()
@@ -156,7 +157,28 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
             Vec::new()
         },
         estimated_rows: None,
+        range_key: if kind == TableKind::Table {
+            rowid_name(conn, name, &column_names)?
+        } else {
+            None
+        },
     })
+}
+
+/// How to name the rowid of `table`: the first of SQLite's three spellings no column
+/// shadows, or `None` for `WITHOUT ROWID` tables.
+fn rowid_name(conn: &Connection, table: &str, columns: &[String]) -> Result<Option<String>> {
+    let Some(name) = ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|candidate| !columns.iter().any(|c| c.eq_ignore_ascii_case(candidate)))
+    else {
+        return Ok(None);
+    };
+    match conn.prepare(&format!("SELECT {name} FROM {} LIMIT 0", quote(table))) {
+        Ok(_) => Ok(Some(name.to_owned())),
+        Err(rusqlite::Error::SqliteFailure(_, _)) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The row count `ANALYZE` recorded in `sqlite_stat1` (the first number of a stat row).

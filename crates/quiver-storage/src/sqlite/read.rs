@@ -136,7 +136,7 @@ impl ColumnReader {
                 ValueRef::Real(v) => b.append_value(format_real(v)),
             },
             ColumnReader::Timestamp(b) => match value {
-                ValueRef::Text(t) => b.append_value(time::parse_timestamp_micros(text(t)?)?),
+                ValueRef::Text(t) => b.append_value(time::parse_timestamp_bytes(t)?),
                 ValueRef::Null => b.append_null(),
                 ValueRef::Integer(seconds) => b.append_value(seconds.checked_mul(1_000_000)?),
                 ValueRef::Real(julian_day) => {
@@ -145,7 +145,7 @@ impl ColumnReader {
                 ValueRef::Blob(_) => return None,
             },
             ColumnReader::Date32(b) => match value {
-                ValueRef::Text(t) => b.append_value(time::parse_date_days(text(t)?)?),
+                ValueRef::Text(t) => b.append_value(time::parse_date_bytes(t)?),
                 ValueRef::Null => b.append_null(),
                 ValueRef::Integer(seconds) => {
                     b.append_value(i32::try_from(seconds.div_euclid(86_400)).ok()?)
@@ -157,7 +157,7 @@ impl ColumnReader {
                 ValueRef::Blob(_) => return None,
             },
             ColumnReader::Time64(b) => match value {
-                ValueRef::Text(t) => b.append_value(time::parse_time_micros(text(t)?)?),
+                ValueRef::Text(t) => b.append_value(time::parse_time_bytes(t)?),
                 ValueRef::Null => b.append_null(),
                 _ => return None,
             },
