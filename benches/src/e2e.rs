@@ -140,10 +140,10 @@ pub(crate) async fn json_to_arrow(
         while offset < chunk.len() {
             let consumed = decoder.decode(&chunk[offset..])?;
             offset += consumed;
-            if consumed == 0 || offset < chunk.len() {
-                if let Some(batch) = decoder.flush()? {
-                    rows += batch.num_rows();
-                }
+            if (consumed == 0 || offset < chunk.len())
+                && let Some(batch) = decoder.flush()?
+            {
+                rows += batch.num_rows();
             }
         }
     }

@@ -338,7 +338,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let info = self.flight_info(
             &schema,
             query.as_any().encode_to_vec().into(),
@@ -426,7 +426,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let info = self.flight_info(
             &schema,
             query.as_any().encode_to_vec().into(),
@@ -475,7 +475,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&XDBC_TYPE_INFO).schema();
+        let schema = query.into_builder(&XDBC_TYPE_INFO).schema();
         let info = self.flight_info(
             &schema,
             query.as_any().encode_to_vec().into(),
