@@ -1,5 +1,6 @@
 //! A DataFusion table backed by a table of the store.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -106,22 +107,69 @@ impl StoreTable {
         })
     }
 
-    /// How many parallel range scans to split a scan into: only large tables with a
-    /// range key, without a limit and without filters on the primary key (those are
-    /// already narrow lookups).
-    fn partitions_for(&self, target: usize, filters: &[Expr], limit: Option<usize>) -> usize {
+    /// How many parallel range scans to split a scan into. Only large tables with a
+    /// range key are split, and only when the scan has to read the table itself:
+    /// not with a limit, not for key lookups (`id = …`, `id IN (…)`), and not when an
+    /// index covers every column the scan needs (a narrow index scan beats two range
+    /// scans over the full rows).
+    fn partitions_for(
+        &self,
+        target: usize,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> usize {
         let large = self
             .info
             .estimated_rows
             .is_some_and(|rows| rows >= MIN_ROWS_PER_PARTITION * 2);
-        let keyed_filter = filters.iter().any(|filter| {
-            filter
-                .column_refs()
-                .iter()
-                .any(|column| self.info.primary_key.contains(&column.name))
+        if target < 2 || limit.is_some() || !large || self.info.range_key.is_none() {
+            return 1;
+        }
+        let is_key = |expr: &Expr| matches!(expr, Expr::Column(c) if self.info.primary_key.contains(&c.name));
+        let key_lookup = filters.iter().any(|filter| match filter {
+            Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Eq => {
+                is_key(&b.left) || is_key(&b.right)
+            }
+            Expr::InList(list) => is_key(&list.expr),
+            _ => false,
         });
-        if target < 2 || limit.is_some() || !large || keyed_filter || self.info.range_key.is_none()
-        {
+        if key_lookup {
+            return 1;
+        }
+        let mut needed: HashSet<String> = match projection {
+            Some(indices) => indices
+                .iter()
+                .map(|&i| self.schema.field(i).name().clone())
+                .collect(),
+            None => self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        };
+        for filter in filters {
+            needed.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
+        }
+        // Every SQLite index also holds the rowid, which an INTEGER PRIMARY KEY aliases.
+        let rowid_alias = match self.info.primary_key.as_slice() {
+            [only]
+                if self
+                    .info
+                    .column(only)
+                    .is_some_and(|c| c.declared_type.eq_ignore_ascii_case("INTEGER")) =>
+            {
+                Some(only.as_str())
+            }
+            _ => None,
+        };
+        let covered = self.info.indexes.iter().any(|index| {
+            needed.iter().all(|column| {
+                index.columns.contains(column) || Some(column.as_str()) == rowid_alias
+            })
+        });
+        if covered {
             return 1;
         }
         let by_size = self.info.estimated_rows.unwrap_or(0) / MIN_ROWS_PER_PARTITION;
@@ -175,7 +223,7 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let target = state.config().target_partitions();
-        let wanted = self.partitions_for(target, filters, limit);
+        let wanted = self.partitions_for(target, projection, filters, limit);
         let ranges = if wanted > 1 {
             let range = self
                 .store

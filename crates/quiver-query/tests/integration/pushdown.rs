@@ -59,6 +59,7 @@ async fn count_star_reads_no_column() {
 #[tokio::test]
 async fn large_scans_split_into_parallel_key_ranges() {
     let script = "CREATE TABLE big (id INTEGER PRIMARY KEY, v INTEGER, s TEXT);
+        CREATE INDEX big_v ON big (v);
         WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 250000)
         INSERT INTO big SELECT n * 3, n % 97, 'k' || (n % 1000) FROM c;
         ANALYZE;";
@@ -81,4 +82,10 @@ async fn large_scans_split_into_parallel_key_ranges() {
     assert!(!plan.contains("partitions="), "{plan}");
     let plan = physical_plan(&fixture, "SELECT v FROM big LIMIT 5").await;
     assert!(!plan.contains("partitions="), "{plan}");
+    // Columns an index covers are read from the index in one statement.
+    let plan = physical_plan(&fixture, "SELECT id, v FROM big WHERE v > 3").await;
+    assert!(!plan.contains("partitions="), "{plan}");
+    // Key ranges still split.
+    let plan = physical_plan(&fixture, "SELECT s FROM big WHERE id > 100").await;
+    assert!(plan.contains("partitions=2"), "{plan}");
 }
