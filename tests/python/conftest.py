@@ -1,10 +1,13 @@
-"""Fixtures: a real `quiver serve` process over a fresh SQLite demo database."""
+"""Fixtures: a real `quiver serve` process over a fresh demo database, once on SQLite
+and once on PostgreSQL (from QUIVER_TEST_POSTGRES_URL), with SQLite as the truth."""
 
 import os
 import re
 import sqlite3
 import subprocess
 import threading
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,16 +24,20 @@ def quiver_binary() -> str:
 
 
 class Server:
-    """A running `quiver serve`; its addresses are read from its log."""
+    """A running `quiver serve`; its addresses are read from its log.
 
-    def __init__(self, db_path: Path):
+    `db_path` is a SQLite file holding the same demo data: the server's own database,
+    or for a PostgreSQL-backed server a copy loaded as the truth to compare with."""
+
+    def __init__(self, db_url: str, db_path: Path, schema: str):
         self.db_path = db_path
+        self.schema = schema
         self.process = subprocess.Popen(
             [
                 quiver_binary(),
                 "serve",
                 "--db",
-                f"sqlite://{db_path}",
+                db_url,
                 "--grpc-addr",
                 "127.0.0.1:0",
                 "--http-addr",
@@ -77,12 +84,64 @@ class Server:
             raise
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def postgres_admin_url():
+    url = os.environ.get("QUIVER_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if os.environ.get("QUIVER_REQUIRE_POSTGRES") == "1":
+        pytest.fail("QUIVER_REQUIRE_POSTGRES=1 but QUIVER_TEST_POSTGRES_URL is not set")
+    warnings.warn("QUIVER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL-backed server")
+    pytest.skip("no PostgreSQL configured")
+
+
+def with_database(url: str, database: str) -> str:
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
+class PostgresDatabase:
+    """A fresh database for one test session, dropped afterwards."""
+
+    def __init__(self, admin_url: str):
+        import psycopg
+
+        self.admin_url = admin_url
+        self.name = f"quiver_pytest_{os.getpid()}_{int(time.time())}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = with_database(admin_url, self.name)
+
+    def drop(self):
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory):
     db_path = tmp_path_factory.mktemp("quiver") / "demo.db"
-    running = Server(db_path)
-    yield running
-    running.stop()
+    postgres = None
+    if request.param == "sqlite":
+        running = Server(f"sqlite://{db_path}", db_path, "main")
+    else:
+        postgres = PostgresDatabase(postgres_admin_url())
+        # The truth: the same deterministic demo, in SQLite.
+        subprocess.run(
+            [quiver_binary(), "demo", "load", "--db", f"sqlite://{db_path}", "--tasks", str(DEMO_TASKS)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        running = Server(postgres.url, db_path, "public")
+    try:
+        yield running
+    finally:
+        running.stop()
+        if postgres is not None:
+            postgres.drop()
     assert running.process.returncode == 0, "server exits cleanly on SIGTERM:\n" + "".join(running.log[-20:])
 
 

@@ -72,12 +72,12 @@ def test_fetch_record_batch_streams_the_whole_result(adbc, sqlite):
     assert batches >= 1
 
 
-def test_get_objects_lists_tables_and_columns_like_sqlite(adbc, sqlite):
+def test_get_objects_lists_tables_and_columns_like_sqlite(server, adbc, sqlite):
     objects = adbc.adbc_get_objects(depth="all").read_all().to_pylist()
     assert [c["catalog_name"] for c in objects] == ["quiver"]
-    schemas = objects[0]["catalog_db_schemas"]
-    assert [s["db_schema_name"] for s in schemas] == ["main"]
-    tables = {t["table_name"]: t for t in schemas[0]["db_schema_tables"]}
+    schemas = {s["db_schema_name"]: s for s in objects[0]["catalog_db_schemas"]}
+    assert server.schema in schemas
+    tables = {t["table_name"]: t for t in schemas[server.schema]["db_schema_tables"]}
     truth_tables = [r[0] for r in sqlite.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     assert sorted(tables) == truth_tables
@@ -101,9 +101,9 @@ def test_get_info_describes_quiver(adbc):
     assert info["vendor_arrow_version"] == "1.5"
 
 
-def test_current_catalog_and_schema(adbc):
+def test_current_catalog_and_schema(server, adbc):
     assert adbc.adbc_current_catalog == "quiver"
-    assert adbc.adbc_current_db_schema == "main"
+    assert adbc.adbc_current_db_schema == server.schema
 
 
 def test_bad_sql_raises_with_the_parser_message_and_the_connection_survives(adbc):

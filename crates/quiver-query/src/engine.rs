@@ -1,6 +1,7 @@
 //! The query engine: a DataFusion session whose catalog mirrors the store.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -91,11 +92,20 @@ pub struct QueryEngine {
     store: Store,
     ctx: SessionContext,
     catalog: RwLock<Arc<Catalog>>,
+    loaded: AtomicBool,
 }
 
 impl QueryEngine {
     /// Builds an engine over `store`, reading its catalog.
     pub async fn new(store: Store, config: EngineConfig) -> Result<Self> {
+        let engine = Self::unloaded(store, config)?;
+        engine.refresh_catalog().await?;
+        Ok(engine)
+    }
+
+    /// Builds an engine with an empty catalog, for a store that may not be reachable
+    /// yet; [`QueryEngine::refresh_catalog`] loads it later.
+    pub fn unloaded(store: Store, config: EngineConfig) -> Result<Self> {
         let mut session = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, store.default_schema())
             .with_create_default_catalog_and_schema(false)
@@ -111,13 +121,17 @@ impl QueryEngine {
             runtime = runtime.with_memory_limit(limit, 1.0);
         }
         let ctx = SessionContext::new_with_config_rt(session, runtime.build_arc()?);
-        let engine = Self {
+        Ok(Self {
             store,
             ctx,
             catalog: RwLock::new(Arc::new(Catalog::default())),
-        };
-        engine.refresh_catalog().await?;
-        Ok(engine)
+            loaded: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the store's catalog has been read at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// The store the engine reads.
@@ -152,6 +166,7 @@ impl QueryEngine {
             .catalog
             .write()
             .expect("catalog lock is never poisoned: no panics while held") = catalog;
+        self.loaded.store(true, Ordering::Release);
         Ok(())
     }
 

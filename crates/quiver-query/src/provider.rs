@@ -66,7 +66,14 @@ impl StoreTable {
             schema
                 .fields()
                 .iter()
-                .map(|f| dialect.quote_identifier(f.name()))
+                .map(|f| {
+                    let name = dialect.quote_identifier(f.name());
+                    // Types without an Arrow form are read as their text.
+                    match self.info.column(f.name()) {
+                        Some(c) if c.read_as_text => format!("CAST({name} AS TEXT)"),
+                        _ => name,
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -87,10 +94,12 @@ impl StoreTable {
         }
         let mut params = renderer.params;
         if let (Some((start, end)), Some(key)) = (key_range, &self.info.range_key) {
-            params.push(Value::Int(start));
-            let start = dialect.placeholder(params.len());
-            params.push(Value::Int(end));
-            let end = dialect.placeholder(params.len());
+            let (start, end) = (Value::Int(start), Value::Int(end));
+            let start_placeholder = dialect.placeholder(params.len() + 1, &start);
+            let end_placeholder = dialect.placeholder(params.len() + 2, &end);
+            params.push(start);
+            params.push(end);
+            let (start, end) = (start_placeholder, end_placeholder);
             conditions.push(format!("{key} >= {start} AND {key} < {end}"));
         }
         if !conditions.is_empty() {

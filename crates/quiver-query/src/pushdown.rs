@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::{InList, Like};
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use quiver_storage::{Dialect, TableInfo, Value};
+use quiver_storage::{ColumnInfo, Dialect, TableInfo, Value};
 
 /// The kinds of column whose comparisons the store evaluates like DataFusion does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +23,25 @@ enum Kind {
     Text,
 }
 
-fn column_kind(data_type: &DataType) -> Option<Kind> {
-    match data_type {
-        DataType::Int64 | DataType::Float64 => Some(Kind::Number),
-        DataType::Utf8 => Some(Kind::Text),
+/// The kind of a column whose values the store compares exactly as Arrow does.
+///
+/// On PostgreSQL, text is pushed only for `text` and `varchar` columns (`char(n)`
+/// compares ignoring trailing blanks, other types read as text compare by their own
+/// rules), and ordering comparisons name the byte-order collation.
+fn column_kind(column: &ColumnInfo, dialect: Dialect) -> Option<Kind> {
+    if column.read_as_text {
+        return None;
+    }
+    match (&column.data_type, dialect) {
+        (DataType::Int64 | DataType::Float64, _) => Some(Kind::Number),
+        (DataType::Int16 | DataType::Int32 | DataType::Float32, Dialect::Postgres) => {
+            Some(Kind::Number)
+        }
+        (DataType::Utf8, Dialect::Sqlite) => Some(Kind::Text),
+        (DataType::Utf8, Dialect::Postgres) => {
+            let declared = column.declared_type.to_ascii_lowercase();
+            (declared == "text" || declared.starts_with("character varying")).then_some(Kind::Text)
+        }
         _ => None,
     }
 }
@@ -71,8 +86,18 @@ impl<'a> FilterRenderer<'a> {
     }
 
     fn bind(&mut self, value: Value) -> String {
+        let placeholder = self.dialect.placeholder(self.params.len() + 1, &value);
         self.params.push(value);
-        self.dialect.placeholder(self.params.len())
+        placeholder
+    }
+
+    /// `operand`, in the collation that orders text as Arrow does, for ordering
+    /// comparisons of text.
+    fn ordered(&self, operand: String, kind: Kind) -> String {
+        match (kind, self.dialect.text_order_collation()) {
+            (Kind::Text, Some(collation)) => format!("{operand} COLLATE {collation}"),
+            _ => operand,
+        }
     }
 
     fn column(&self, expr: &Expr) -> Option<(String, Kind)> {
@@ -82,7 +107,7 @@ impl<'a> FilterRenderer<'a> {
         let info = self.table.column(&column.name)?;
         Some((
             self.dialect.quote_identifier(&info.name),
-            column_kind(&info.data_type)?,
+            column_kind(info, self.dialect)?,
         ))
     }
 
@@ -121,7 +146,14 @@ impl<'a> FilterRenderer<'a> {
                     }
                     let (left, left_kind) = self.operand(left)?;
                     let (right, right_kind) = self.operand(right)?;
-                    (left_kind == right_kind).then(|| format!("{left} {op} {right}"))
+                    if left_kind != right_kind {
+                        return None;
+                    }
+                    let left = match op {
+                        Operator::Eq | Operator::NotEq => left,
+                        _ => self.ordered(left, left_kind),
+                    };
+                    Some(format!("{left} {op} {right}"))
                 }
                 _ => None,
             },
@@ -164,6 +196,7 @@ impl<'a> FilterRenderer<'a> {
                 let (low, low_kind) = self.operand(low)?;
                 let (high, high_kind) = self.operand(high)?;
                 let not = if *negated { "NOT " } else { "" };
+                let column = self.ordered(column, kind);
                 (low_kind == kind && high_kind == kind)
                     .then(|| format!("{column} {not}BETWEEN {low} AND {high}"))
             }
@@ -234,10 +267,14 @@ mod tests {
     fn table() -> TableInfo {
         let column = |name: &str, data_type: DataType| ColumnInfo {
             name: name.to_owned(),
-            declared_type: String::new(),
+            declared_type: match data_type {
+                DataType::Utf8 => "text".to_owned(),
+                _ => String::new(),
+            },
             data_type,
             nullable: true,
             default: None,
+            read_as_text: false,
         };
         TableInfo {
             schema: "main".into(),
@@ -287,6 +324,30 @@ mod tests {
 
         let (sql, _) = render(col("estimate").between(lit(1.5), lit(3i64))).unwrap();
         assert_eq!(sql, "\"estimate\" BETWEEN ?1 AND ?2");
+    }
+
+    #[test]
+    fn postgres_placeholders_are_typed_and_text_orders_bytewise() {
+        let table = table();
+        let mut renderer = FilterRenderer::new(&table, Dialect::Postgres);
+        let sql = renderer
+            .exact(
+                &col("status")
+                    .lt(lit("b"))
+                    .and(col("id").eq(lit(3i64)))
+                    .and(col("status").eq(lit("x"))),
+            )
+            .unwrap();
+        assert_eq!(
+            sql,
+            "((\"status\" COLLATE \"C\" < $1::text AND \"id\" = $2::int8) AND \"status\" = $3::text)"
+        );
+        let mut char_table = table.clone();
+        char_table.columns[1].declared_type = "character(8)".to_owned();
+        assert_eq!(
+            classify(&char_table, Dialect::Postgres, &col("status").eq(lit("x"))),
+            TableProviderFilterPushDown::Unsupported
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ macro_rules! serve_args {
 }
 
 serve_args! {
-    /// Database URL: `sqlite://PATH` [default: sqlite://./quiver-data/quiver.db].
+    /// Database URL: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// [default: sqlite://./quiver-data/quiver.db].
     db: String, env = "QUIVER_DB";
     /// Address of the gRPC port (Flight SQL) [default: 127.0.0.1:50051].
     grpc_addr: SocketAddr, env = "QUIVER_GRPC_ADDR";
@@ -67,9 +68,9 @@ serve_args! {
     demo_tasks: u64, env = "QUIVER_DEMO_TASKS";
     /// Rows per Arrow batch read from the store [default: 8192].
     batch_size: usize, env = "QUIVER_BATCH_SIZE";
-    /// Most pooled reader connections [default: 16].
+    /// Most pooled connections (readers, on SQLite) [default: 16].
     pool_max_size: u32, env = "QUIVER_POOL_MAX_SIZE";
-    /// Reader connections opened at start and kept idle [default: 2].
+    /// Connections opened at start and kept idle [default: 2].
     pool_min_idle: u32, env = "QUIVER_POOL_MIN_IDLE";
     /// Milliseconds a query waits for a pooled connection before failing [default: 5000].
     pool_acquire_timeout_ms: u64, env = "QUIVER_POOL_ACQUIRE_TIMEOUT_MS";
@@ -77,6 +78,12 @@ serve_args! {
     pool_idle_timeout_s: u64, env = "QUIVER_POOL_IDLE_TIMEOUT_S";
     /// Seconds after which a connection is replaced [default: 1800].
     pool_max_lifetime_s: u64, env = "QUIVER_POOL_MAX_LIFETIME_S";
+    /// Seconds a connection may be held before it is logged as a possible leak
+    /// [default: 60].
+    pool_leak_threshold_s: u64, env = "QUIVER_POOL_LEAK_THRESHOLD_S";
+    /// Longest pause between reconnect attempts while the database is down, ms
+    /// [default: 2000].
+    pool_max_backoff_ms: u64, env = "QUIVER_POOL_MAX_BACKOFF_MS";
     /// SQLite page cache per connection, KiB [default: 65536].
     sqlite_cache_size_kib: u32, env = "QUIVER_SQLITE_CACHE_SIZE_KIB";
     /// Milliseconds SQLite waits on a locked database [default: 5000].
@@ -168,6 +175,12 @@ impl ServeArgs {
                         .map_or(pool_defaults.max_lifetime, |s| {
                             (s > 0).then(|| Duration::from_secs(s))
                         }),
+                    leak_threshold: self
+                        .pool_leak_threshold_s
+                        .map_or(pool_defaults.leak_threshold, Duration::from_secs),
+                    max_backoff: self
+                        .pool_max_backoff_ms
+                        .map_or(pool_defaults.max_backoff, Duration::from_millis),
                 },
                 sqlite: SqliteOptions {
                     cache_size_kib: self

@@ -173,12 +173,41 @@ pub fn storage_code(err: &quiver_storage::Error) -> Code {
     use quiver_storage::Error as S;
     match err {
         S::Config(_) | S::Parameter { .. } => Code::InvalidArgument,
-        S::Connect { .. } | S::PoolTimeout { .. } | S::Io(_) => Code::Unavailable,
+        S::Connect { .. } | S::PoolTimeout { .. } | S::Unavailable(_) | S::Io(_) => {
+            Code::Unavailable
+        }
+        S::Postgres(_) => postgres_code(err),
         S::TableNotFound(_) => Code::NotFound,
         S::Conversion { .. } => Code::FailedPrecondition,
         S::Cancelled(_) => Code::Cancelled,
         S::Sqlite(err) => sqlite_code(err),
         S::Arrow(_) | S::Internal(_) => Code::Internal,
+    }
+}
+
+/// Classifies a PostgreSQL error by its SQLSTATE class.
+fn postgres_code(err: &quiver_storage::Error) -> Code {
+    if err.is_connection_lost() {
+        return Code::Unavailable;
+    }
+    let Some(state) = err.sqlstate() else {
+        return Code::Internal;
+    };
+    match state {
+        "42P01" | "42883" | "3F000" | "3D000" => Code::NotFound,
+        "23505" => Code::AlreadyExists,
+        "57014" => Code::Cancelled,
+        "40001" | "40P01" => Code::Aborted,
+        "42501" | "28000" | "28P01" => Code::PermissionDenied,
+        _ => match &state[..2] {
+            // Syntax, undefined objects, data exceptions.
+            "42" | "22" | "0A" => Code::InvalidArgument,
+            // Integrity constraints.
+            "23" => Code::FailedPrecondition,
+            "53" | "54" => Code::ResourceExhausted,
+            "08" | "57" => Code::Unavailable,
+            _ => Code::Internal,
+        },
     }
 }
 

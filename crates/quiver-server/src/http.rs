@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use quiver_query::QueryEngine;
+use quiver_storage::PoolStatus;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -50,28 +51,54 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<HttpState>) -> Response {
     let store = state.engine.store();
-    let pool = store.pool_status();
-    let pool_json = json!({
-        "max_size": pool.max_size,
-        "connections": pool.connections,
-        "idle": pool.idle,
-        "waiting": pool.waiting,
-        "acquired": pool.acquired,
-        "acquire_timeouts": pool.acquire_timeouts,
-        "connections_created": pool.connections_created,
-    });
-    match store.ping().await {
-        Ok(()) => (
+    let reason = match store.ping().await {
+        Err(err) => Some(err.to_string()),
+        Ok(()) if !state.engine.is_loaded() => Some("the catalog is not loaded yet".to_owned()),
+        Ok(()) => None,
+    };
+    let pool = pool_json(&store.pool_status());
+    match reason {
+        None => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "store": store.describe(), "pool": pool_json})),
+            Json(json!({"status": "ready", "store": store.describe(), "pool": pool})),
         )
             .into_response(),
-        Err(err) => (
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": err.to_string(), "store": store.describe(), "pool": pool_json})),
+            Json(json!({"status": "not ready", "reason": reason, "store": store.describe(), "pool": pool})),
         )
             .into_response(),
     }
+}
+
+/// The pool's state as `/readyz` shows it.
+fn pool_json(pool: &PoolStatus) -> serde_json::Value {
+    let wait = &pool.acquire_wait;
+    json!({
+        "max_size": pool.max_size,
+        "connections": pool.connections,
+        "idle": pool.idle,
+        "in_use": pool.in_use,
+        "waiting": pool.waiting,
+        "acquired": pool.acquired,
+        "acquire_timeouts": pool.acquire_timeouts,
+        "acquire_unavailable": pool.acquire_unavailable,
+        "acquire_wait_us": {
+            "count": wait.count,
+            "p50": wait.quantile_micros(0.5),
+            "p99": wait.quantile_micros(0.99),
+            "max": wait.max_micros,
+            "mean": if wait.count == 0 { 0 } else { wait.sum_micros / wait.count },
+        },
+        "connections_created": pool.connections_created,
+        "connections_broken": pool.connections_broken,
+        "connections_retired": pool.connections_retired,
+        "connect_errors": pool.connect_errors,
+        "leaks_detected": pool.leaks_detected,
+        "reuse_rate": pool.reuse_rate,
+        "reachable": pool.reachable,
+        "last_error": pool.last_error,
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,19 +71,64 @@ pub struct Server {
 
 impl Server {
     /// Opens the store, loads the demo data if asked and missing, and builds the engine.
+    ///
+    /// A store that cannot be reached yet (PostgreSQL down) does not stop the server:
+    /// it serves as not ready (`/readyz` says why), and a background task finishes the
+    /// start — demo data, catalog — as soon as the store answers.
     pub async fn open(config: Config, progress: demo::ProgressFn) -> Result<Self> {
         let store = Store::open(&config.db, &config.store).await?;
         tracing::info!(store = %store.describe(), "store opened");
-        if config.demo && !demo::is_loaded(&store).await? {
-            tracing::info!(tasks = config.demo_tasks, "loading demo data");
-            let summary = demo::load(&store, config.demo_tasks, false, progress).await?;
-            tracing::info!(?summary, "demo data loaded");
+        let engine = Arc::new(QueryEngine::unloaded(store, config.engine.clone())?);
+        match prepare(&engine, &config, &progress).await {
+            Ok(()) => {}
+            Err(err) if error::code_of(&err) == tonic::Code::Unavailable => {
+                tracing::warn!(error = %err, "store unreachable; serving as not ready until it answers");
+                tokio::spawn(prepare_when_reachable(
+                    Arc::clone(&engine),
+                    config.clone(),
+                    progress,
+                ));
+            }
+            Err(err) => return Err(err),
         }
-        let engine = QueryEngine::new(store, config.engine.clone()).await?;
-        Ok(Self {
-            engine: Arc::new(engine),
-            config,
-        })
+        Ok(Self { engine, config })
+    }
+}
+
+/// Loads the demo data when asked and missing, then reads the catalog.
+async fn prepare(engine: &QueryEngine, config: &Config, progress: &demo::ProgressFn) -> Result<()> {
+    if config.demo {
+        let store = engine.store();
+        if !demo::is_loaded(store).await? {
+            tracing::info!(tasks = config.demo_tasks, "loading demo data");
+            let summary =
+                demo::load_if_missing(store, config.demo_tasks, Arc::clone(progress)).await?;
+            tracing::info!(?summary, "demo data ready");
+        }
+    }
+    engine.refresh_catalog().await?;
+    Ok(())
+}
+
+/// Retries [`prepare`] with backoff until the store answers.
+async fn prepare_when_reachable(engine: Arc<QueryEngine>, config: Config, progress: demo::ProgressFn) {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(delay).await;
+        match prepare(&engine, &config, &progress).await {
+            Ok(()) => {
+                tracing::info!("store reachable; catalog loaded");
+                return;
+            }
+            Err(err) if error::code_of(&err) == tonic::Code::Unavailable => {
+                tracing::debug!(error = %err, "store still unreachable");
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot finish starting on the store; not ready");
+                return;
+            }
+        }
     }
 }
 

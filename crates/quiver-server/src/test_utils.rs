@@ -14,24 +14,64 @@ use tonic::transport::Channel;
 use crate::config::{Config, ServeArgs};
 use crate::{Listeners, Server, run};
 
-/// A server bound to `127.0.0.1:0` over a SQLite file in a temporary directory; shut
-/// down when dropped.
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestStore {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server of `QUIVER_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// A server bound to `127.0.0.1:0` over a fresh database; shut down when dropped.
 #[derive(Debug)]
 pub struct TestServer {
     /// Where Flight SQL answers.
     pub grpc_addr: SocketAddr,
     /// Where HTTP answers.
     pub http_addr: SocketAddr,
-    /// The SQLite database file.
+    /// A SQLite file holding what the server serves: the server's own database, or,
+    /// for a PostgreSQL-backed demo server, the same demo data loaded into SQLite as
+    /// the truth to compare with.
     pub db_path: PathBuf,
     /// The running server's state.
     pub server: Server,
     shutdown: CancellationToken,
     task: Option<JoinHandle<crate::Result<()>>>,
+    _postgres: Option<quiver_storage::testing::PostgresTestDb>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
+    /// A demo server with `tasks` tasks on `store`; `None` when that store is
+    /// PostgreSQL and no test server is configured (a warning was printed).
+    pub async fn demo_on(store: TestStore, tasks: u64) -> Option<Self> {
+        match store {
+            TestStore::Sqlite => Some(Self::demo(tasks).await),
+            TestStore::Postgres => {
+                let db = quiver_storage::testing::PostgresTestDb::create("server").await?;
+                let args = ServeArgs {
+                    db: Some(db.url().to_owned()),
+                    demo: Some(true),
+                    demo_tasks: Some(tasks),
+                    ..ServeArgs::default()
+                };
+                let mut server = Self::start(args).await;
+                let truth = quiver_storage::Store::open(
+                    &format!("sqlite://{}", server.db_path.display()),
+                    &quiver_storage::StoreOptions::default(),
+                )
+                .await
+                .expect("truth database opens");
+                quiver_storage::demo::load(&truth, tasks, false, Arc::new(|_| {}))
+                    .await
+                    .expect("truth demo loads");
+                server._postgres = Some(db);
+                Some(server)
+            }
+        }
+    }
+
     /// A server over a fresh database holding the demo data with `tasks` tasks.
     pub async fn demo(tasks: u64) -> Self {
         let args = ServeArgs {
@@ -50,6 +90,7 @@ impl TestServer {
             Some(url) => {
                 match quiver_storage::StoreLocation::parse(url).expect("test database URL") {
                     quiver_storage::StoreLocation::Sqlite(path) => path,
+                    quiver_storage::StoreLocation::Postgres(_) => dir.path().join("truth.db"),
                 }
             }
             None => {
@@ -81,6 +122,7 @@ impl TestServer {
             server,
             shutdown,
             task: Some(task),
+            _postgres: None,
             _dir: Some(dir),
         }
     }

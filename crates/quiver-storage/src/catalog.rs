@@ -108,6 +108,9 @@ pub struct ColumnInfo {
     pub nullable: bool,
     /// The default expression, as SQL text.
     pub default: Option<String>,
+    /// Whether the store has no direct Arrow form for the type, so values are read
+    /// through a cast to text (and never compared in the store).
+    pub read_as_text: bool,
 }
 
 /// What happens to referencing rows when the referenced key changes.

@@ -27,6 +27,10 @@ pub enum Error {
         max_size: u32,
     },
 
+    /// The store is down; the pool keeps trying to reconnect in the background.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+
     /// A table named by the caller does not exist.
     #[error("table not found: {0}")]
     TableNotFound(String),
@@ -59,6 +63,10 @@ pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 
+    /// An error reported by PostgreSQL or its client.
+    #[error("postgres: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+
     /// Arrow could not build a batch.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -78,6 +86,48 @@ impl Error {
         match self {
             Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => Some(failure.code),
             _ => None,
+        }
+    }
+}
+
+/// PostgreSQL's message with its detail and hint, without the `db error:` prefix.
+fn postgres_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut message = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!(" ({detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(&format!("; hint: {hint}"));
+            }
+            message
+        }
+        None => err.to_string(),
+    }
+}
+
+impl Error {
+    /// The five-character SQLSTATE of an error the database reported.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Postgres(err) => err.code().map(|code| code.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection went away underneath (closed socket, server shutdown or
+    /// restart, `pg_terminate_backend`): the statement never ran, a retry on another
+    /// connection may succeed.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Error::Postgres(err) => {
+                err.is_closed()
+                    || self.sqlstate().is_some_and(|code| {
+                        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                    })
+            }
+            _ => false,
         }
     }
 }

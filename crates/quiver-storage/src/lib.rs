@@ -6,8 +6,12 @@
 //! # Layout
 //! - [`store`]: [`Store`], the backend-independent handle (open by URL, query, execute,
 //!   catalog, pool status).
-//! - [`sqlite`]: the embedded SQLite backend — a bb8 pool of reader connections, one
+//! - [`sqlite`]: the embedded SQLite backend — a pool of reader connections, one
 //!   writer, and the SQLite→Arrow type mapping ([`sqlite::types`]).
+//! - [`postgres`]: the PostgreSQL backend — pooled tokio-postgres connections, binary
+//!   reads decoded into Arrow, the PostgreSQL→Arrow mapping ([`postgres::types`]).
+//! - [`pool`]: the pool both share — bb8 behind a FIFO gate, metrics, leak detection,
+//!   reconnect with backoff.
 //! - [`catalog`]: schemas, tables, columns, keys and indexes as introspected.
 //! - [`value`]: parameter values bound to statements.
 //! - [`time`]: ISO-8601 date/time text ↔ Arrow units.
@@ -18,6 +22,8 @@
 pub mod catalog;
 pub mod demo;
 pub mod error;
+pub mod pool;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 #[cfg(feature = "test-utils")]
@@ -29,7 +35,6 @@ pub use catalog::{
     Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
 };
 pub use error::{Error, Result};
-pub use store::{
-    BatchStream, Dialect, PoolOptions, PoolStatus, Store, StoreLocation, StoreOptions,
-};
+pub use pool::{PoolOptions, PoolStatus, WaitHistogram};
+pub use store::{BatchStream, Dialect, Store, StoreLocation, StoreOptions};
 pub use value::Value;

@@ -1,6 +1,6 @@
 //! The embedded SQLite backend: a pool of reader connections and one writer.
 //!
-//! Readers come from a bb8 pool of `query_only` connections; all writes go through a
+//! Readers come from a pool of `query_only` connections; all writes go through a
 //! single writer connection behind an async mutex, which is SQLite's own concurrency
 //! model (one writer, many readers under WAL) made explicit. Every SQLite call runs on
 //! tokio's blocking threads, never on the async workers.
@@ -25,7 +25,8 @@ pub use pool::SqliteOptions;
 use self::pool::{SqliteManager, open_connection};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::store::{BatchStream, PoolOptions, PoolStatus};
+use crate::pool::{Lease, Pool, PoolOptions, PoolStatus};
+use crate::store::BatchStream;
 use crate::value::Value;
 
 /// SQLite VM instructions between two checks whether the reader went away.
@@ -35,9 +36,8 @@ const PROGRESS_CHECK_INSTRUCTIONS: i32 = 10_000;
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
     path: PathBuf,
-    readers: bb8::Pool<SqliteManager>,
+    readers: Pool<SqliteManager>,
     writer: Arc<Mutex<Connection>>,
-    pool_options: PoolOptions,
 }
 
 impl SqliteStore {
@@ -59,21 +59,11 @@ impl SqliteStore {
             path: path.to_owned(),
             options: options.clone(),
         };
-        let readers = bb8::Pool::builder()
-            .max_size(pool_options.max_size)
-            .min_idle(pool_options.min_idle)
-            .connection_timeout(pool_options.acquire_timeout)
-            .idle_timeout(pool_options.idle_timeout)
-            .max_lifetime(pool_options.max_lifetime)
-            .test_on_check_out(true)
-            .queue_strategy(bb8::QueueStrategy::Fifo)
-            .build(manager)
-            .await?;
+        let readers = Pool::new(manager, pool_options);
         Ok(Self {
             path: path.to_owned(),
             readers,
             writer: Arc::new(Mutex::new(writer)),
-            pool_options: pool_options.clone(),
         })
     }
 
@@ -82,14 +72,8 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn reader(&self) -> Result<bb8::PooledConnection<'static, SqliteManager>> {
-        self.readers.get_owned().await.map_err(|err| match err {
-            bb8::RunError::User(err) => err,
-            bb8::RunError::TimedOut => Error::PoolTimeout {
-                timeout: self.pool_options.acquire_timeout,
-                max_size: self.pool_options.max_size,
-            },
-        })
+    async fn reader(&self) -> Result<Lease<SqliteManager>> {
+        self.readers.get().await
     }
 
     /// Runs `f` on a pooled reader connection on a blocking thread.
@@ -178,15 +162,6 @@ impl SqliteStore {
 
     /// Current pool occupancy.
     pub(crate) fn pool_status(&self) -> PoolStatus {
-        let state = self.readers.state();
-        PoolStatus {
-            max_size: self.pool_options.max_size,
-            connections: state.connections,
-            idle: state.idle_connections,
-            waiting: state.statistics.pending_gets(),
-            acquired: state.statistics.get_direct + state.statistics.get_waited,
-            acquire_timeouts: state.statistics.get_timed_out,
-            connections_created: state.statistics.connections_created,
-        }
+        self.readers.status()
     }
 }

@@ -3,46 +3,24 @@
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::Stream;
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use futures::TryStreamExt;
+
 use crate::catalog::{Catalog, TableInfo};
 use crate::error::{Error, Result};
+use crate::pool::{PoolOptions, PoolStatus};
+use crate::postgres::PostgresStore;
 use crate::sqlite::{SqliteOptions, SqliteStore};
 use crate::value::Value;
 
 /// A stream of record batches read from the store.
 pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>;
-
-/// Connection pool sizing and timeouts.
-#[derive(Debug, Clone)]
-pub struct PoolOptions {
-    /// Most connections open at once.
-    pub max_size: u32,
-    /// Connections kept open when idle, opened at start (warm-up).
-    pub min_idle: u32,
-    /// How long a caller waits for a free connection before failing.
-    pub acquire_timeout: Duration,
-    /// Idle connections above `min_idle` are closed after this long.
-    pub idle_timeout: Option<Duration>,
-    /// Connections are replaced after this long.
-    pub max_lifetime: Option<Duration>,
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        Self {
-            max_size: 16,
-            min_idle: 2,
-            acquire_timeout: Duration::from_secs(5),
-            idle_timeout: Some(Duration::from_secs(600)),
-            max_lifetime: Some(Duration::from_secs(1800)),
-        }
-    }
-}
 
 /// Everything needed to open a store.
 #[derive(Debug, Clone)]
@@ -65,30 +43,14 @@ impl Default for StoreOptions {
     }
 }
 
-/// A snapshot of a connection pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolStatus {
-    /// Configured maximum size.
-    pub max_size: u32,
-    /// Connections open now.
-    pub connections: u32,
-    /// Of those, idle.
-    pub idle: u32,
-    /// Callers waiting for a connection.
-    pub waiting: u64,
-    /// Connections handed out since start.
-    pub acquired: u64,
-    /// Acquire attempts that timed out since start.
-    pub acquire_timeouts: u64,
-    /// Connections opened since start.
-    pub connections_created: u64,
-}
-
 /// How SQL text is spelled for a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// SQLite: `"ident"`, `?N` placeholders.
     Sqlite,
+    /// PostgreSQL: `"ident"`, `$N::type` placeholders (typed by the bound value, so
+    /// the server never has to guess a parameter's type from context).
+    Postgres,
 }
 
 impl Dialect {
@@ -97,10 +59,22 @@ impl Dialect {
         format!("\"{}\"", identifier.replace('"', "\"\""))
     }
 
-    /// The placeholder for the one-based parameter `index`.
-    pub fn placeholder(self, index: usize) -> String {
+    /// The placeholder for the one-based parameter `index`, bound to `value`.
+    pub fn placeholder(self, index: usize, value: &Value) -> String {
         match self {
             Dialect::Sqlite => format!("?{index}"),
+            Dialect::Postgres => {
+                format!("${index}::{}", crate::postgres::read::placeholder_cast(value))
+            }
+        }
+    }
+
+    /// Whether text comparisons (`<`, `BETWEEN`, …) must name the byte-order collation
+    /// to order like Arrow does.
+    pub fn text_order_collation(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("\"C\""),
         }
     }
 }
@@ -110,6 +84,8 @@ impl Dialect {
 pub enum StoreLocation {
     /// A SQLite database file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database, by its connection URL.
+    Postgres(String),
 }
 
 impl StoreLocation {
@@ -125,12 +101,10 @@ impl StoreLocation {
             return Ok(StoreLocation::Sqlite(PathBuf::from(rest)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(Error::Config(
-                "PostgreSQL is not available in this build yet; use a sqlite:// URL".to_owned(),
-            ));
+            return Ok(StoreLocation::Postgres(url.to_owned()));
         }
         Err(Error::Config(format!(
-            "unsupported database URL '{url}': expected sqlite://PATH"
+            "unsupported database URL '{url}': expected sqlite://PATH or postgres://USER@HOST/DB"
         )))
     }
 }
@@ -138,6 +112,7 @@ impl StoreLocation {
 #[derive(Debug)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 /// A pooled connection to the store; cheap to clone.
@@ -148,12 +123,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store named by `url`, creating an empty SQLite file if needed, and warms
-    /// its pool.
+    /// Opens the store named by `url`: a SQLite file (created empty if missing) or a
+    /// PostgreSQL database. The pool warms up in the background; a PostgreSQL server
+    /// that is down now is retried until it answers (see [`Store::ping`]).
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         let backend = match StoreLocation::parse(url)? {
             StoreLocation::Sqlite(path) => {
                 Backend::Sqlite(SqliteStore::open(&path, &options.pool, &options.sqlite).await?)
+            }
+            StoreLocation::Postgres(url) => {
+                Backend::Postgres(PostgresStore::open(&url, &options.pool)?)
             }
         };
         Ok(Self {
@@ -166,6 +145,7 @@ impl Store {
     pub fn system_name(&self) -> &'static str {
         match &*self.backend {
             Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgresql",
         }
     }
 
@@ -173,6 +153,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match &*self.backend {
             Backend::Sqlite(store) => format!("sqlite:{}", store.path().display()),
+            Backend::Postgres(store) => store.target().to_owned(),
         }
     }
 
@@ -180,6 +161,7 @@ impl Store {
     pub fn dialect(&self) -> Dialect {
         match &*self.backend {
             Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
         }
     }
 
@@ -187,6 +169,7 @@ impl Store {
     pub fn default_schema(&self) -> &'static str {
         match &*self.backend {
             Backend::Sqlite(_) => crate::sqlite::SQLITE_SCHEMA,
+            Backend::Postgres(_) => crate::postgres::POSTGRES_SCHEMA,
         }
     }
 
@@ -199,6 +182,7 @@ impl Store {
     pub async fn catalog(&self) -> Result<Catalog> {
         match &*self.backend {
             Backend::Sqlite(store) => store.catalog().await,
+            Backend::Postgres(store) => store.catalog().await,
         }
     }
 
@@ -211,12 +195,10 @@ impl Store {
         params: Vec<Value>,
         schema: SchemaRef,
     ) -> Result<BatchStream> {
+        let sql = sql.into();
         match &*self.backend {
-            Backend::Sqlite(store) => {
-                store
-                    .query(sql.into(), params, schema, self.batch_size)
-                    .await
-            }
+            Backend::Sqlite(store) => store.query(sql, params, schema, self.batch_size).await,
+            Backend::Postgres(store) => store.query(sql, params, schema, self.batch_size).await,
         }
     }
 
@@ -232,21 +214,19 @@ impl Store {
             dialect.quote_identifier(&table.schema),
             dialect.quote_identifier(&table.name)
         );
-        match &*self.backend {
-            Backend::Sqlite(store) => {
-                store
-                    .read(move |conn| {
-                        let range: (Option<i64>, Option<i64>) = conn
-                            .prepare_cached(&sql)?
-                            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                        Ok(match range {
-                            (Some(low), Some(high)) => Some((low, high)),
-                            _ => None,
-                        })
-                    })
-                    .await
-            }
-        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("low", DataType::Int64, true),
+            Field::new("high", DataType::Int64, true),
+        ]));
+        let batches: Vec<_> = self.query(sql, Vec::new(), schema).await?.try_collect().await?;
+        let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+            return Ok(None);
+        };
+        let (low, high) = (
+            batch.column(0).as_primitive::<Int64Type>(),
+            batch.column(1).as_primitive::<Int64Type>(),
+        );
+        Ok((low.is_valid(0) && high.is_valid(0)).then(|| (low.value(0), high.value(0))))
     }
 
     /// Executes one statement through the writer and returns the rows it changed.
@@ -264,6 +244,7 @@ impl Store {
                     })
                     .await
             }
+            Backend::Postgres(store) => store.execute(&sql, &params).await,
         }
     }
 
@@ -272,6 +253,7 @@ impl Store {
         let sql = sql.into();
         match &*self.backend {
             Backend::Sqlite(store) => store.write(move |conn| Ok(conn.execute_batch(&sql)?)).await,
+            Backend::Postgres(store) => store.execute_script(&sql).await,
         }
     }
 
@@ -279,6 +261,7 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         match &*self.backend {
             Backend::Sqlite(store) => store.ping().await,
+            Backend::Postgres(store) => store.ping().await,
         }
     }
 
@@ -286,12 +269,21 @@ impl Store {
     pub fn pool_status(&self) -> PoolStatus {
         match &*self.backend {
             Backend::Sqlite(store) => store.pool_status(),
+            Backend::Postgres(store) => store.pool_status(),
         }
     }
 
     pub(crate) fn sqlite(&self) -> Option<&SqliteStore> {
         match &*self.backend {
             Backend::Sqlite(store) => Some(store),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    pub(crate) fn postgres(&self) -> Option<&PostgresStore> {
+        match &*self.backend {
+            Backend::Postgres(store) => Some(store),
+            Backend::Sqlite(_) => None,
         }
     }
 }
@@ -315,6 +307,10 @@ mod tests {
             StoreLocation::Sqlite(PathBuf::from("data.db"))
         );
         assert!(StoreLocation::parse("sqlite://").is_err());
+        assert_eq!(
+            StoreLocation::parse("postgres://quiver@db:5432/app").unwrap(),
+            StoreLocation::Postgres("postgres://quiver@db:5432/app".to_owned())
+        );
         assert!(
             StoreLocation::parse("mysql://x")
                 .unwrap_err()
@@ -325,7 +321,12 @@ mod tests {
 
     #[test]
     fn sqlite_placeholders_are_numbered() {
-        assert_eq!(Dialect::Sqlite.placeholder(3), "?3");
+        assert_eq!(Dialect::Sqlite.placeholder(3, &Value::Int(1)), "?3");
+        assert_eq!(Dialect::Postgres.placeholder(2, &Value::Int(1)), "$2::int8");
+        assert_eq!(
+            Dialect::Postgres.placeholder(1, &Value::Text("a".into())),
+            "$1::text"
+        );
         assert_eq!(Dialect::Sqlite.quote_identifier("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -12,7 +12,10 @@ use quiver_storage::{Store, StoreOptions, demo};
 /// A demo database in a temporary directory and an engine over it.
 pub(crate) struct Fixture {
     pub(crate) engine: QueryEngine,
+    /// The SQLite file with the data: the engine's own store, or the truth copy of a
+    /// PostgreSQL-backed fixture.
     pub(crate) path: PathBuf,
+    _postgres: Option<quiver_storage::testing::PostgresTestDb>,
     _dir: tempfile::TempDir,
 }
 
@@ -31,8 +34,29 @@ impl Fixture {
         Fixture {
             engine,
             path,
+            _postgres: None,
             _dir: dir,
         }
+    }
+
+    /// The demo on a fresh PostgreSQL database, with the same demo in a SQLite file as
+    /// truth; `None` when no PostgreSQL is configured for tests.
+    pub(crate) async fn demo_on_postgres(tasks: u64) -> Option<Self> {
+        let db = quiver_storage::testing::PostgresTestDb::create("query").await?;
+        let truth = Self::demo(tasks).await;
+        let store = Store::open(db.url(), &StoreOptions::default()).await.unwrap();
+        demo::load(&store, tasks, false, Arc::new(|_| {}))
+            .await
+            .unwrap();
+        let engine = QueryEngine::new(store, EngineConfig::default())
+            .await
+            .unwrap();
+        Some(Fixture {
+            engine,
+            path: truth.path,
+            _postgres: Some(db),
+            _dir: truth._dir,
+        })
     }
 
     /// A database built by `script`, with an engine running `partitions` partitions.
@@ -53,6 +77,7 @@ impl Fixture {
         Fixture {
             engine,
             path,
+            _postgres: None,
             _dir: dir,
         }
     }

@@ -20,6 +20,13 @@ const QUERIES: &[(&str, bool)] = &[
         false,
     ),
     ("SELECT count(*) FROM tasks WHERE agent_type IS NULL", true),
+    // Text order is byte order, whatever the store's collation ('b' sorts after
+    // every capital letter).
+    ("SELECT count(*) FROM tasks WHERE title < 'b'", true),
+    (
+        "SELECT id FROM tasks WHERE key >= 'TASK-0001990' AND status BETWEEN 'blocked' AND 'review'",
+        false,
+    ),
     (
         "SELECT count(*) FROM tasks WHERE description IS NOT NULL AND estimate_hours > 10.5",
         true,
@@ -87,7 +94,20 @@ const QUERIES: &[(&str, bool)] = &[
 
 #[tokio::test]
 async fn quiver_answers_like_sqlite() {
-    let fixture = Fixture::demo(2_000).await;
+    answers_like_sqlite(&Fixture::demo(2_000).await).await;
+}
+
+/// The same queries through Quiver on PostgreSQL, holding the same deterministic demo,
+/// answer what SQLite answers: type mapping and pushdown in the PostgreSQL dialect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_on_postgres_answers_like_sqlite() {
+    let Some(fixture) = Fixture::demo_on_postgres(2_000).await else {
+        return;
+    };
+    answers_like_sqlite(&fixture).await;
+}
+
+async fn answers_like_sqlite(fixture: &Fixture) {
     for (sql, ordered) in QUERIES {
         let mut ours = fixture.quiver_rows(sql).await;
         let mut truth = fixture.sqlite_rows(sql);

@@ -8,19 +8,34 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use futures::TryStreamExt;
 use quiver_server::config::ServeArgs;
-use quiver_server::test_utils::TestServer;
+use quiver_server::test_utils::{TestServer, TestStore};
 use quiver_storage::testing::canonical_batch;
 
 use crate::common::{fetch, flight_rows, sorted, sqlite_rows};
 
 #[tokio::test]
 async fn statement_queries_answer_like_sqlite() {
-    let server = TestServer::demo(2_000).await;
+    statement_queries_answer_like_sqlite_on(TestStore::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_queries_on_postgres_answer_like_sqlite() {
+    statement_queries_answer_like_sqlite_on(TestStore::Postgres).await;
+}
+
+async fn statement_queries_answer_like_sqlite_on(store: TestStore) {
+    let Some(server) = TestServer::demo_on(store, 2_000).await else {
+        return;
+    };
     let queries = [
         "SELECT status, count(*) FROM tasks GROUP BY status",
         "SELECT t.key, f.title FROM tasks t JOIN features f ON t.feature_id = f.id WHERE t.priority = 1 AND t.status = 'review'",
         "SELECT * FROM task_history WHERE task_id BETWEEN 10 AND 20",
         "SELECT e.key, count(t.id) FROM epics e JOIN features f ON f.epic_id = e.id JOIN tasks t ON t.feature_id = f.id GROUP BY e.key",
+        "SELECT id, key, estimate_hours, created_at, completed_at FROM tasks WHERE status = 'blocked' AND priority <= 2",
+        "SELECT id FROM tasks WHERE key > 'TASK-0001990' AND title LIKE 'Fix%'",
+        "SELECT f.id, count(*), sum(CASE WHEN t.status = 'done' THEN 1 ELSE 0 END) FROM features f JOIN tasks t ON t.feature_id = f.id WHERE f.epic_id = 1 GROUP BY f.id",
+        "SELECT * FROM tasks",
     ];
     for sql in queries {
         let ours = sorted(flight_rows(&server, sql).await);
@@ -115,7 +130,18 @@ async fn large_results_stream_in_batches_below_the_message_limit() {
 
 #[tokio::test]
 async fn prepared_statements_bind_execute_rebind_and_close() {
-    let server = TestServer::demo(500).await;
+    prepared_statements_on(TestStore::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_on_postgres_bind_execute_rebind_and_close() {
+    prepared_statements_on(TestStore::Postgres).await;
+}
+
+async fn prepared_statements_on(store: TestStore) {
+    let Some(server) = TestServer::demo_on(store, 500).await else {
+        return;
+    };
     let mut client = server.flight_sql_client().await;
     let sql = "SELECT id, key, status FROM tasks WHERE id = ? OR priority = ? AND feature_id = ?";
     let mut prepared = client.prepare(sql.to_owned(), None).await.unwrap();

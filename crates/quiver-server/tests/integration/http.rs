@@ -17,6 +17,54 @@ async fn health_and_readiness() {
     assert!(body["pool"]["connections"].as_u64().unwrap() >= 1, "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_readiness_waits_for_the_database_and_shows_the_pool() {
+    use quiver_storage::testing::{PostgresTestDb, TcpProxy, free_port, postgres_upstream, with_address};
+
+    let Some(db) = PostgresTestDb::create("readyz").await else {
+        return;
+    };
+    // The database is behind a port nothing listens on yet: down at start.
+    let listen = free_port().await;
+    let args = quiver_server::config::ServeArgs {
+        db: Some(with_address(db.url(), listen)),
+        demo: Some(true),
+        demo_tasks: Some(300),
+        pool_max_backoff_ms: Some(300),
+        ..quiver_server::config::ServeArgs::default()
+    };
+    let server = TestServer::start(args).await;
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not ready");
+    assert!(body["reason"].as_str().unwrap().contains("refused"), "{body}");
+    assert_eq!(body["pool"]["reachable"], false, "{body}");
+
+    // The database comes up: ready within seconds, demo loaded, no restart.
+    let _proxy = TcpProxy::start(listen, postgres_upstream(db.url())).await;
+    let started = std::time::Instant::now();
+    let body = loop {
+        let response = reqwest::get(server.http_url("/readyz")).await.unwrap();
+        if response.status() == 200 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "not ready: {}",
+            response.text().await.unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let pool = &body["pool"];
+    assert_eq!(pool["reachable"], true, "{body}");
+    assert!(pool["connect_errors"].as_u64().unwrap() >= 1, "{body}");
+    assert!(pool["acquired"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(pool["in_use"], 0, "{body}");
+    let count = crate::common::flight_rows(&server, "SELECT count(*) FROM tasks").await;
+    assert_eq!(count, vec!["300".to_owned()]);
+}
+
 fn json_rows(rows: &[Value], columns: &[&str]) -> Vec<String> {
     rows.iter()
         .map(|row| {

@@ -140,6 +140,7 @@ fn read_table(conn: &Connection, name: &str, kind: TableKind) -> Result<TableInf
                 data_type,
                 nullable,
                 default: c.default,
+                read_as_text: false,
             }
         })
         .collect();

@@ -1,0 +1,377 @@
+//! The PostgreSQL backend: a pool of tokio-postgres connections, binary-format reads
+//! decoded straight into Arrow, and `COPY` for bulk loads.
+//!
+//! Reads stream: rows are decoded batch by batch as the server sends them, and the
+//! connection's backpressure stops the server when the consumer is slow. Each pooled
+//! connection keeps its prepared statements, so a repeated query costs one round trip.
+//! A read that fails because its connection was closed underneath (a restart,
+//! `pg_terminate_backend`) before any row arrived is retried on another connection.
+
+mod introspect;
+pub(crate) mod read;
+pub mod types;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::SchemaRef;
+use futures::{SinkExt, StreamExt};
+use tokio_postgres::{Client, NoTls, RowStream, Statement};
+use tracing::Instrument;
+
+use self::read::{Decoder, Raw};
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::pool::{Lease, Pool, PoolOptions, PoolStatus};
+use crate::store::BatchStream;
+use crate::value::Value;
+
+/// The schema unqualified names resolve in.
+pub const POSTGRES_SCHEMA: &str = "public";
+
+/// A connection used within this long of its last use is handed out without a
+/// validation round trip; older ones are checked first.
+const VALIDATION_BYPASS: Duration = Duration::from_millis(500);
+/// Prepared statements kept per connection before the cache starts over.
+const STATEMENT_CACHE_CAPACITY: usize = 256;
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled PostgreSQL connection and its prepared statements.
+pub(crate) struct PgConnection {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    last_used: Instant,
+}
+
+impl PgConnection {
+    /// The statement for `sql`, prepared once per connection.
+    async fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= STATEMENT_CACHE_CAPACITY {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// The client, marking the connection as used now.
+    pub(crate) fn client(&mut self) -> &Client {
+        self.last_used = Instant::now();
+        &self.client
+    }
+}
+
+/// Opens connections for the pool.
+#[derive(Debug, Clone)]
+pub(crate) struct PgManager {
+    config: tokio_postgres::Config,
+    target: String,
+}
+
+impl bb8::ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = Error;
+
+    async fn connect(&self) -> Result<PgConnection> {
+        let (client, connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|err| Error::Connect {
+                    target: self.target.clone(),
+                    message: with_causes(&err),
+                })?;
+        tokio::spawn(
+            async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "postgres connection ended");
+                }
+            }
+            .instrument(tracing::Span::none()),
+        );
+        Ok(PgConnection {
+            client,
+            statements: HashMap::new(),
+            last_used: Instant::now(),
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut PgConnection) -> Result<()> {
+        if conn.client.is_closed() {
+            return Err(Error::Internal("connection closed".to_owned()));
+        }
+        if conn.last_used.elapsed() > VALIDATION_BYPASS {
+            conn.client().simple_query("").await?;
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// An error's message followed by its causes (`error connecting to server: Connection
+/// refused (os error 111)`).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// Describes a connection config without its password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+/// A PostgreSQL database served through a pool.
+#[derive(Debug)]
+pub(crate) struct PostgresStore {
+    target: String,
+    pool: Pool<PgManager>,
+}
+
+impl PostgresStore {
+    /// Parses `url` and starts the pool; does not wait for the database, which may be
+    /// down at start.
+    pub(crate) fn open(url: &str, pool_options: &PoolOptions) -> Result<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|err| Error::Config(format!("invalid PostgreSQL URL: {err}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("quiver");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true);
+        let target = describe(&config);
+        let manager = PgManager {
+            config,
+            target: target.clone(),
+        };
+        Ok(Self {
+            pool: Pool::new(manager, pool_options),
+            target,
+        })
+    }
+
+    /// Where the data lives, without credentials.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn connection(&self) -> Result<Lease<PgManager>> {
+        self.pool.get().await
+    }
+
+    /// Starts `sql` on a pooled connection, retrying on another connection when one
+    /// was closed underneath (each failure retires a broken connection, so the retries
+    /// are bounded by the pool size).
+    async fn start(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<(Lease<PgManager>, Statement, RowStream)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.connection().await?;
+            let started = async {
+                let statement = conn.prepare(sql).await?;
+                let rows = conn
+                    .client()
+                    .query_raw(&statement, params.iter().map(|p| p as &dyn tokio_postgres::types::ToSql))
+                    .await?;
+                Ok::<_, Error>((statement, rows))
+            }
+            .await;
+            match started {
+                Ok((statement, rows)) => return Ok((conn, statement, rows)),
+                Err(err) if attempt <= self.pool.options().max_size && err.is_connection_lost() => {
+                    tracing::info!(error = %err, "connection lost; retrying on a fresh one");
+                    drop(conn);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Streams the rows of `sql` as batches shaped like `schema`.
+    pub(crate) async fn query(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<BatchStream> {
+        let span = tracing::debug_span!("storage.postgres.read", db.system.name = "postgresql", db.query.text = %sql);
+        let (conn, statement, rows) = self.start(&sql, &params).instrument(span.clone()).await?;
+        let columns = statement.columns();
+        if !schema.fields().is_empty() && columns.len() != schema.fields().len() {
+            return Err(Error::Internal(format!(
+                "query returns {} columns where {} were expected",
+                columns.len(),
+                schema.fields().len()
+            )));
+        }
+        let mut decoders = Vec::with_capacity(schema.fields().len());
+        for (field, column) in schema.fields().iter().zip(columns) {
+            decoders.push(
+                Decoder::new(field.data_type(), column.type_(), batch_size).map_err(|message| {
+                    Error::Conversion {
+                        column: field.name().clone(),
+                        value: column.type_().to_string(),
+                        target: message,
+                    }
+                })?,
+            );
+        }
+        let state = ReadState {
+            _conn: conn,
+            rows: Box::pin(rows),
+            decoders,
+            schema,
+            batch_size: batch_size.max(1),
+            done: false,
+            span,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            let batch = state.next_batch().await;
+            match batch {
+                Ok(Some(batch)) => Some((Ok(batch), state)),
+                Ok(None) => None,
+                Err(err) => {
+                    state.done = true;
+                    Some((Err(err), state))
+                }
+            }
+        })))
+    }
+
+    /// Executes one statement and returns the rows it changed.
+    pub(crate) async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let statement = conn.prepare(sql).await?;
+        let changed = conn
+            .client()
+            .execute_raw(&statement, params.iter().map(|p| p as &dyn tokio_postgres::types::ToSql))
+            .await?;
+        Ok(changed)
+    }
+
+    /// Executes `;`-separated statements.
+    pub(crate) async fn execute_script(&self, sql: &str) -> Result<()> {
+        let mut conn = self.connection().await?;
+        conn.client().batch_execute(sql).await?;
+        Ok(())
+    }
+
+    /// Reads the catalog.
+    pub(crate) async fn catalog(&self) -> Result<Catalog> {
+        let mut conn = self.connection().await?;
+        introspect::read_catalog(conn.client())
+            .instrument(tracing::debug_span!("storage.postgres.catalog"))
+            .await
+    }
+
+    /// Checks that the database answers a query.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let mut conn = self.connection().await?;
+        conn.client().simple_query("").await?;
+        Ok(())
+    }
+
+    /// Pool occupancy and counters.
+    pub(crate) fn pool_status(&self) -> PoolStatus {
+        self.pool.status()
+    }
+
+    /// Streams text-format `COPY … FROM STDIN` data on a connection inside the
+    /// caller's transaction.
+    pub(crate) async fn copy_in(
+        client: &Client,
+        statement: &str,
+        chunks: impl IntoIterator<Item = bytes::Bytes>,
+    ) -> Result<u64> {
+        let sink = client.copy_in(statement).await?;
+        futures::pin_mut!(sink);
+        for chunk in chunks {
+            sink.send(chunk).await?;
+        }
+        Ok(sink.finish().await?)
+    }
+}
+
+/// A streaming read in progress.
+struct ReadState {
+    /// Held until the read ends, so the connection is not lent out mid-stream.
+    _conn: Lease<PgManager>,
+    rows: std::pin::Pin<Box<RowStream>>,
+    decoders: Vec<Decoder>,
+    schema: SchemaRef,
+    batch_size: usize,
+    done: bool,
+    span: tracing::Span,
+}
+
+impl ReadState {
+    /// Decodes up to one batch of rows; `None` at the end.
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let mut count = 0;
+        while count < self.batch_size {
+            let Some(row) = self.rows.next().instrument(self.span.clone()).await else {
+                self.done = true;
+                break;
+            };
+            let row = row?;
+            for (index, decoder) in self.decoders.iter_mut().enumerate() {
+                let raw: Raw<'_> = row.try_get(index)?;
+                decoder.append(raw.0).map_err(|message| Error::Conversion {
+                    column: self.schema.field(index).name().clone(),
+                    value: message,
+                    target: self.schema.field(index).data_type().to_string(),
+                })?;
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let columns = self.decoders.iter_mut().map(Decoder::finish).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(count));
+        Ok(Some(RecordBatch::try_new_with_options(
+            std::sync::Arc::clone(&self.schema),
+            columns,
+            &options,
+        )?))
+    }
+}

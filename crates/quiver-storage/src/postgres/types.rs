@@ -1,0 +1,235 @@
+//! The PostgreSQL → Arrow type mapping.
+//!
+//! | PostgreSQL                                   | Arrow                                   |
+//! |----------------------------------------------|-----------------------------------------|
+//! | `boolean`                                    | `Boolean`                               |
+//! | `smallint`, `integer`, `bigint`              | `Int16`, `Int32`, `Int64`               |
+//! | `oid`                                        | `Int64`                                 |
+//! | `real`, `double precision`                   | `Float32`, `Float64`                    |
+//! | `numeric(p, s)`                              | `Decimal128(p, s)` (p ≤ 38)             |
+//! | `numeric` (unconstrained, or p > 38)         | `Decimal128(38, 10)`, rounded half up   |
+//! | `text`, `varchar`, `char(n)`, `name`, enums  | `Utf8`                                  |
+//! | `json`, `jsonb`, `uuid`                      | `Utf8` (the canonical text form)        |
+//! | `bytea`                                      | `Binary`                                |
+//! | `date`                                       | `Date32`                                |
+//! | `time`                                       | `Time64(µs)`                            |
+//! | `timestamp`                                  | `Timestamp(µs, none)`                   |
+//! | `timestamptz`                                | `Timestamp(µs, "UTC")`                  |
+//! | `interval`                                   | `Interval(MonthDayNano)`                |
+//! | one-dimensional arrays of the above          | `List` of the element type              |
+//! | anything else (`inet`, `money`, domains, …)  | `Utf8`, read through a `::text` cast    |
+//!
+//! Multi-dimensional arrays are read flattened into one list per value.
+
+use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
+use tokio_postgres::types::Type;
+
+/// Precision and scale used for `numeric` columns declared without them.
+pub const UNCONSTRAINED_NUMERIC: (u8, i8) = (38, 10);
+
+/// How one column type is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// The Arrow type values become.
+    pub data_type: DataType,
+    /// Whether the value is selected as `col::text` because its binary form is not
+    /// decoded.
+    pub read_as_text: bool,
+}
+
+/// The type of a column as the catalog describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnType<'a> {
+    /// `pg_type.oid` of the column type.
+    pub oid: u32,
+    /// `pg_attribute.atttypmod` (-1 when none).
+    pub typmod: i32,
+    /// `pg_type.typtype`: `b` base, `e` enum, `d` domain, `c` composite, …
+    pub typtype: &'a str,
+    /// For arrays, the element type's oid, typtype; otherwise `None`.
+    pub element: Option<(u32, &'a str)>,
+}
+
+fn numeric(typmod: i32) -> DataType {
+    if typmod >= 4 {
+        let packed = typmod - 4;
+        let precision = (packed >> 16) & 0xffff;
+        // The scale is an 11-bit signed number since PostgreSQL 15.
+        let scale = ((packed & 0x7ff) ^ 0x400) - 0x400;
+        if (1..=38).contains(&precision) && (0..=precision).contains(&scale) {
+            return DataType::Decimal128(precision as u8, scale as i8);
+        }
+    }
+    let (precision, scale) = UNCONSTRAINED_NUMERIC;
+    DataType::Decimal128(precision, scale)
+}
+
+/// The Arrow type of a scalar (non-array) type, or `None` when it is not decoded.
+fn scalar(oid: u32, typmod: i32, typtype: &str) -> Option<DataType> {
+    if typtype == "e" {
+        return Some(DataType::Utf8);
+    }
+    let ty = Type::from_oid(oid)?;
+    Some(match ty {
+        Type::BOOL => DataType::Boolean,
+        Type::INT2 => DataType::Int16,
+        Type::INT4 => DataType::Int32,
+        Type::INT8 | Type::OID => DataType::Int64,
+        Type::FLOAT4 => DataType::Float32,
+        Type::FLOAT8 => DataType::Float64,
+        Type::NUMERIC => numeric(typmod),
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::CHAR
+        | Type::JSON
+        | Type::JSONB
+        | Type::UUID => DataType::Utf8,
+        Type::BYTEA => DataType::Binary,
+        Type::DATE => DataType::Date32,
+        Type::TIME => DataType::Time64(TimeUnit::Microsecond),
+        Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        Type::INTERVAL => DataType::Interval(IntervalUnit::MonthDayNano),
+        _ => return None,
+    })
+}
+
+/// Maps a catalog column type to Arrow.
+pub fn map_type(column: ColumnType<'_>) -> Mapping {
+    let mapped = match column.element {
+        // Array typmods apply to the element (`numeric(10,2)[]`).
+        Some((element, element_typtype)) => scalar(element, column.typmod, element_typtype)
+            .map(|item| DataType::List(Field::new("item", item, true).into())),
+        None => scalar(column.oid, column.typmod, column.typtype),
+    };
+    match mapped {
+        Some(data_type) => Mapping {
+            data_type,
+            read_as_text: false,
+        },
+        None => Mapping {
+            data_type: DataType::Utf8,
+            read_as_text: true,
+        },
+    }
+}
+
+/// The PostgreSQL type a column of `data_type` is created with (ingest, demo).
+pub fn declared_type_for(data_type: &DataType) -> Option<String> {
+    Some(match data_type {
+        DataType::Boolean => "boolean".to_owned(),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".to_owned(),
+        DataType::Int32 | DataType::UInt16 => "integer".to_owned(),
+        DataType::Int64 | DataType::UInt32 => "bigint".to_owned(),
+        DataType::UInt64 => "numeric(20, 0)".to_owned(),
+        DataType::Float16 | DataType::Float32 => "real".to_owned(),
+        DataType::Float64 => "double precision".to_owned(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("numeric({p}, {s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_owned(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".to_owned(),
+        DataType::Date32 | DataType::Date64 => "date".to_owned(),
+        DataType::Time32(_) | DataType::Time64(_) => "time".to_owned(),
+        DataType::Timestamp(_, None) => "timestamp".to_owned(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".to_owned(),
+        DataType::Interval(_) => "interval".to_owned(),
+        DataType::List(item) | DataType::LargeList(item) => {
+            format!("{}[]", declared_type_for(item.data_type())?)
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(oid: u32, typmod: i32) -> Mapping {
+        map_type(ColumnType {
+            oid,
+            typmod,
+            typtype: "b",
+            element: None,
+        })
+    }
+
+    #[test]
+    fn scalar_types_map_as_documented() {
+        let cases = [
+            (Type::BOOL, DataType::Boolean),
+            (Type::INT2, DataType::Int16),
+            (Type::INT4, DataType::Int32),
+            (Type::INT8, DataType::Int64),
+            (Type::FLOAT4, DataType::Float32),
+            (Type::FLOAT8, DataType::Float64),
+            (Type::TEXT, DataType::Utf8),
+            (Type::VARCHAR, DataType::Utf8),
+            (Type::JSONB, DataType::Utf8),
+            (Type::UUID, DataType::Utf8),
+            (Type::BYTEA, DataType::Binary),
+            (Type::DATE, DataType::Date32),
+            (Type::TIME, DataType::Time64(TimeUnit::Microsecond)),
+            (
+                Type::TIMESTAMP,
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+            ),
+            (
+                Type::TIMESTAMPTZ,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ),
+            (
+                Type::INTERVAL,
+                DataType::Interval(IntervalUnit::MonthDayNano),
+            ),
+        ];
+        for (ty, expected) in cases {
+            let mapping = base(ty.oid(), -1);
+            assert_eq!(mapping.data_type, expected, "{ty}");
+            assert!(!mapping.read_as_text, "{ty}");
+        }
+    }
+
+    #[test]
+    fn numeric_takes_its_declared_precision() {
+        // numeric(12, 2): typmod = (12 << 16 | 2) + 4.
+        assert_eq!(
+            base(Type::NUMERIC.oid(), (12 << 16 | 2) + 4).data_type,
+            DataType::Decimal128(12, 2)
+        );
+        assert_eq!(
+            base(Type::NUMERIC.oid(), -1).data_type,
+            DataType::Decimal128(38, 10)
+        );
+        // Too wide for Decimal128: falls back to the unconstrained mapping.
+        assert_eq!(
+            base(Type::NUMERIC.oid(), (50 << 16 | 2) + 4).data_type,
+            DataType::Decimal128(38, 10)
+        );
+    }
+
+    #[test]
+    fn arrays_enums_and_unknown_types() {
+        let array = map_type(ColumnType {
+            oid: Type::INT4_ARRAY.oid(),
+            typmod: -1,
+            typtype: "b",
+            element: Some((Type::INT4.oid(), "b")),
+        });
+        assert_eq!(
+            array.data_type,
+            DataType::List(Field::new("item", DataType::Int32, true).into())
+        );
+        let status = map_type(ColumnType {
+            oid: 99_999,
+            typmod: -1,
+            typtype: "e",
+            element: None,
+        });
+        assert_eq!(status.data_type, DataType::Utf8);
+        assert!(!status.read_as_text);
+        let inet = base(Type::INET.oid(), -1);
+        assert_eq!(inet.data_type, DataType::Utf8);
+        assert!(inet.read_as_text);
+    }
+}
