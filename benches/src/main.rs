@@ -5,11 +5,17 @@
 //!   (JSON rows, and NDJSON decoded to Arrow), and SQLite reading the file directly.
 //! - `quiver-bench memory`: server RSS while a client streams `SELECT *` of a
 //!   10M-row table.
+//! - `quiver-bench pool`: connection acquisition, uncontended and 4× oversubscribed,
+//!   beside opening a fresh connection, on SQLite and PostgreSQL.
+//! - `quiver-bench queries`: the demo's typical queries through Quiver beside the
+//!   same SQL run on the store directly (rusqlite, tokio-postgres).
 //!
 //! Build with `cargo build --release -p quiver-server -p quiver-bench`; see
 //! `docs/performance.md` for the full procedure, including the Python clients.
 
 mod e2e;
+mod pool;
+mod queries;
 mod server;
 
 use std::path::PathBuf;
@@ -21,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::e2e::{FlightClient, median, report};
-use crate::server::{QuiverProcess, default_binary, load_demo, rss_bytes};
+use crate::server::{QuiverProcess, default_binary, load_demo, rss_bytes, sqlite_url};
 
 #[derive(Debug, Parser)]
 #[command(name = "quiver-bench", about = "Quiver's end-to-end benchmarks")]
@@ -56,6 +62,27 @@ enum Command {
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
     },
+    /// Pool acquisition latency and fresh connections, per backend.
+    Pool {
+        /// Also measure PostgreSQL, in a database created (and dropped) on this server.
+        #[arg(long, env = "QUIVER_TEST_POSTGRES_URL")]
+        postgres: Option<String>,
+        /// Acquisitions per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        acquires: usize,
+    },
+    /// Demo queries through Quiver vs the store read directly.
+    Queries {
+        /// Also measure PostgreSQL, in a database created (and dropped) on this server.
+        #[arg(long, env = "QUIVER_TEST_POSTGRES_URL")]
+        postgres: Option<String>,
+        /// Demo size, in tasks.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Measured runs per query and path (after warm-up); medians are reported.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
 }
 
 #[tokio::main]
@@ -74,6 +101,14 @@ async fn main() -> Result<()> {
             run_e2e(&binary, &cli.data_dir, &rows, runs, python.as_deref()).await
         }
         Command::Memory { rows } => run_memory(&binary, &cli.data_dir, rows).await,
+        Command::Pool { postgres, acquires } => {
+            pool::run(&cli.data_dir, postgres.as_deref(), acquires).await
+        }
+        Command::Queries {
+            postgres,
+            tasks,
+            runs,
+        } => queries::run(&binary, &cli.data_dir, postgres.as_deref(), tasks, runs).await,
     }
 }
 
@@ -89,9 +124,9 @@ async fn run_e2e(
     let db = data_dir.join(format!("demo-{tasks}.db"));
     if !db.exists() {
         eprintln!("loading {tasks} demo tasks into {}", db.display());
-        load_demo(binary, &db, tasks)?;
+        load_demo(binary, &sqlite_url(&db), tasks, &[])?;
     }
-    let quiver = QuiverProcess::start(binary, &db, &[])?;
+    let quiver = QuiverProcess::start(binary, &sqlite_url(&db), &[])?;
     eprintln!(
         "quiver serving gRPC on {} and HTTP on {}",
         quiver.grpc_addr, quiver.http_addr
@@ -218,7 +253,7 @@ async fn run_memory(binary: &std::path::Path, data_dir: &std::path::Path, rows: 
     if !db.exists() {
         create_events(&db, rows)?;
     }
-    let quiver = QuiverProcess::start(binary, &db, &[])?;
+    let quiver = QuiverProcess::start(binary, &sqlite_url(&db), &[])?;
     let pid = quiver.pid();
     let flight = FlightClient::connect(&quiver.grpc_addr).await?;
     // Warm the process (pool, plan, allocator) with a small query first.

@@ -16,10 +16,11 @@ pub(crate) struct QuiverProcess {
 }
 
 impl QuiverProcess {
-    /// Starts `quiver serve` on `db` with ephemeral ports and waits until it serves.
-    pub(crate) fn start(binary: &Path, db: &Path, extra: &[&str]) -> Result<Self> {
+    /// Starts `quiver serve` on the database `url` with ephemeral ports and waits
+    /// until it serves.
+    pub(crate) fn start(binary: &Path, url: &str, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(binary)
-            .args(["serve", "--db", &format!("sqlite://{}", db.display())])
+            .args(["serve", "--db", url])
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(extra)
             .env("QUIVER_LOG", "info")
@@ -81,16 +82,18 @@ pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// Loads the demo data set with `quiver demo load` (prints its progress).
-pub(crate) fn load_demo(binary: &Path, db: &Path, tasks: u64) -> Result<()> {
+/// The URL of a SQLite file.
+pub(crate) fn sqlite_url(db: &Path) -> String {
+    format!("sqlite://{}", db.display())
+}
+
+/// Loads the demo data set with `quiver demo load` (prints its progress); `extra`
+/// adds flags such as `--replace`.
+pub(crate) fn load_demo(binary: &Path, url: &str, tasks: u64, extra: &[&str]) -> Result<()> {
     let status = Command::new(binary)
-        .args([
-            "demo",
-            "load",
-            "--db",
-            &format!("sqlite://{}", db.display()),
-        ])
+        .args(["demo", "load", "--db", url])
         .args(["--tasks", &tasks.to_string()])
+        .args(extra)
         .status()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     if !status.success() {

@@ -88,7 +88,7 @@ fn pool_json(pool: &PoolStatus) -> serde_json::Value {
             "p50": wait.quantile_micros(0.5),
             "p99": wait.quantile_micros(0.99),
             "max": wait.max_micros,
-            "mean": if wait.count == 0 { 0 } else { wait.sum_micros / wait.count },
+            "mean": wait.sum_micros.checked_div(wait.count).unwrap_or(0),
         },
         "connections_created": pool.connections_created,
         "connections_broken": pool.connections_broken,

@@ -111,7 +111,11 @@ async fn prepare(engine: &QueryEngine, config: &Config, progress: &demo::Progres
 }
 
 /// Retries [`prepare`] with backoff until the store answers.
-async fn prepare_when_reachable(engine: Arc<QueryEngine>, config: Config, progress: demo::ProgressFn) {
+async fn prepare_when_reachable(
+    engine: Arc<QueryEngine>,
+    config: Config,
+    progress: demo::ProgressFn,
+) {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
         tokio::time::sleep(delay).await;

@@ -639,15 +639,27 @@ async fn load_postgres_rows(
     let ts = format_timestamp_micros;
 
     let plans = [
-        ("epics", scale.epics, "COPY epics (id, key, title, description, status, priority, created_at, updated_at) FROM STDIN"),
-        ("features", scale.features, "COPY features (id, epic_id, key, title, description, status, priority, created_at, updated_at) FROM STDIN"),
+        (
+            "epics",
+            scale.epics,
+            "COPY epics (id, key, title, description, status, priority, created_at, updated_at) FROM STDIN",
+        ),
+        (
+            "features",
+            scale.features,
+            "COPY features (id, epic_id, key, title, description, status, priority, created_at, updated_at) FROM STDIN",
+        ),
     ];
     for (table, total, copy) in plans {
         let mut done = 0;
         while done < total {
             let chunk_end = (done + ROWS_PER_TRANSACTION).min(total);
             let messages = copy_messages(done + 1..=chunk_end, |id, out| {
-                let row = if table == "epics" { epic(id) } else { feature(id) };
+                let row = if table == "epics" {
+                    epic(id)
+                } else {
+                    feature(id)
+                };
                 plan_copy_row(&row, out);
             });
             PostgresStore::copy_in(client, copy, messages).await?;

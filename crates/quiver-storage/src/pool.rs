@@ -61,8 +61,8 @@ const DOWN_CHECK: Duration = Duration::from_millis(50);
 
 /// Upper bounds of the acquire-wait histogram buckets, in microseconds.
 pub const WAIT_BUCKETS_MICROS: [u64; 18] = [
-    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
-    250_000, 500_000, 1_000_000, 5_000_000,
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 5_000_000,
 ];
 
 /// A snapshot of the acquire-wait histogram.
@@ -425,8 +425,7 @@ impl<M: bb8::ManageConnection<Error = Error>> Pool<M> {
         let start = Instant::now();
         let timeout = shared.options.acquire_timeout;
         shared.metrics.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit =
-            tokio::time::timeout(timeout, Arc::clone(&shared.gate).acquire_owned()).await;
+        let permit = tokio::time::timeout(timeout, Arc::clone(&shared.gate).acquire_owned()).await;
         shared.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
         let Ok(Ok(permit)) = permit else {
             shared.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -511,8 +510,7 @@ impl<M: bb8::ManageConnection<Error = Error>> Pool<M> {
             acquire_timeouts: metrics.timeouts.load(Ordering::Relaxed),
             acquire_unavailable: metrics.unavailable.load(Ordering::Relaxed),
             connections_created: created,
-            connections_broken: stats.connections_closed_broken
-                + stats.connections_closed_invalid,
+            connections_broken: stats.connections_closed_broken + stats.connections_closed_invalid,
             connections_retired: stats.connections_closed_max_lifetime
                 + stats.connections_closed_idle_timeout,
             connect_errors: metrics.connect_errors.load(Ordering::Relaxed),
@@ -558,7 +556,10 @@ async fn keep<M: bb8::ManageConnection<Error = Error>>(shared: Weak<Shared<M>>) 
                     break;
                 }
                 Err(err) => {
-                    shared.metrics.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .connect_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %err, backoff_ms = backoff.as_millis() as u64, "store still unreachable");
                     shared.health.mark_down(err.to_string());
                 }

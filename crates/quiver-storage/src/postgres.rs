@@ -206,7 +206,12 @@ impl PostgresStore {
                 let statement = conn.prepare(sql).await?;
                 let rows = conn
                     .client()
-                    .query_raw(&statement, params.iter().map(|p| p as &dyn tokio_postgres::types::ToSql))
+                    .query_raw(
+                        &statement,
+                        params
+                            .iter()
+                            .map(|p| p as &dyn tokio_postgres::types::ToSql),
+                    )
                     .await?;
                 Ok::<_, Error>((statement, rows))
             }
@@ -261,20 +266,23 @@ impl PostgresStore {
             done: false,
             span,
         };
-        Ok(Box::pin(futures::stream::unfold(state, |mut state| async move {
-            if state.done {
-                return None;
-            }
-            let batch = state.next_batch().await;
-            match batch {
-                Ok(Some(batch)) => Some((Ok(batch), state)),
-                Ok(None) => None,
-                Err(err) => {
-                    state.done = true;
-                    Some((Err(err), state))
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut state| async move {
+                if state.done {
+                    return None;
                 }
-            }
-        })))
+                let batch = state.next_batch().await;
+                match batch {
+                    Ok(Some(batch)) => Some((Ok(batch), state)),
+                    Ok(None) => None,
+                    Err(err) => {
+                        state.done = true;
+                        Some((Err(err), state))
+                    }
+                }
+            },
+        )))
     }
 
     /// Executes one statement and returns the rows it changed.
@@ -283,7 +291,12 @@ impl PostgresStore {
         let statement = conn.prepare(sql).await?;
         let changed = conn
             .client()
-            .execute_raw(&statement, params.iter().map(|p| p as &dyn tokio_postgres::types::ToSql))
+            .execute_raw(
+                &statement,
+                params
+                    .iter()
+                    .map(|p| p as &dyn tokio_postgres::types::ToSql),
+            )
             .await?;
         Ok(changed)
     }

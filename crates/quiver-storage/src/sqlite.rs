@@ -153,6 +153,11 @@ impl SqliteStore {
             .await
     }
 
+    /// Takes a reader connection and returns it.
+    pub(crate) async fn checkout(&self) -> Result<()> {
+        self.reader().await.map(drop)
+    }
+
     /// Checks that a reader connection answers.
     pub(crate) async fn ping(&self) -> Result<()> {
         let conn = self.reader().await?;

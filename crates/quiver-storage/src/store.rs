@@ -64,7 +64,10 @@ impl Dialect {
         match self {
             Dialect::Sqlite => format!("?{index}"),
             Dialect::Postgres => {
-                format!("${index}::{}", crate::postgres::read::placeholder_cast(value))
+                format!(
+                    "${index}::{}",
+                    crate::postgres::read::placeholder_cast(value)
+                )
             }
         }
     }
@@ -218,7 +221,11 @@ impl Store {
             Field::new("low", DataType::Int64, true),
             Field::new("high", DataType::Int64, true),
         ]));
-        let batches: Vec<_> = self.query(sql, Vec::new(), schema).await?.try_collect().await?;
+        let batches: Vec<_> = self
+            .query(sql, Vec::new(), schema)
+            .await?
+            .try_collect()
+            .await?;
         let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
             return Ok(None);
         };
@@ -262,6 +269,15 @@ impl Store {
         match &*self.backend {
             Backend::Sqlite(store) => store.ping().await,
             Backend::Postgres(store) => store.ping().await,
+        }
+    }
+
+    /// Takes a pooled connection and gives it back without running anything: what a
+    /// query pays for its connection (benchmarks).
+    pub async fn checkout(&self) -> Result<()> {
+        match &*self.backend {
+            Backend::Sqlite(store) => store.checkout().await,
+            Backend::Postgres(store) => store.connection().await.map(drop),
         }
     }
 

@@ -300,6 +300,9 @@ mod tests {
             with_address("postgres://postgres@127.0.0.1:5432/t1?x=1", address),
             "postgres://postgres@127.0.0.1:6000/t1?x=1"
         );
-        assert_eq!(with_address("postgres://h/db", address), "postgres://127.0.0.1:6000/db");
+        assert_eq!(
+            with_address("postgres://h/db", address),
+            "postgres://127.0.0.1:6000/db"
+        );
     }
 }

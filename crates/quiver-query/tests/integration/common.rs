@@ -44,7 +44,9 @@ impl Fixture {
     pub(crate) async fn demo_on_postgres(tasks: u64) -> Option<Self> {
         let db = quiver_storage::testing::PostgresTestDb::create("query").await?;
         let truth = Self::demo(tasks).await;
-        let store = Store::open(db.url(), &StoreOptions::default()).await.unwrap();
+        let store = Store::open(db.url(), &StoreOptions::default())
+            .await
+            .unwrap();
         demo::load(&store, tasks, false, Arc::new(|_| {}))
             .await
             .unwrap();

@@ -19,7 +19,9 @@ async fn health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_readiness_waits_for_the_database_and_shows_the_pool() {
-    use quiver_storage::testing::{PostgresTestDb, TcpProxy, free_port, postgres_upstream, with_address};
+    use quiver_storage::testing::{
+        PostgresTestDb, TcpProxy, free_port, postgres_upstream, with_address,
+    };
 
     let Some(db) = PostgresTestDb::create("readyz").await else {
         return;
@@ -38,7 +40,10 @@ async fn on_postgres_readiness_waits_for_the_database_and_shows_the_pool() {
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "not ready");
-    assert!(body["reason"].as_str().unwrap().contains("refused"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("refused"),
+        "{body}"
+    );
     assert_eq!(body["pool"]["reachable"], false, "{body}");
 
     // The database comes up: ready within seconds, demo loaded, no restart.

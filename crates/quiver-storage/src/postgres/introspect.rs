@@ -7,8 +7,7 @@ use tokio_postgres::Client;
 
 use super::types::{ColumnType, map_type};
 use crate::catalog::{
-    Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo,
-    TableKind,
+    Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
 };
 use crate::error::Result;
 use crate::sqlite::INTERNAL_TABLE_PREFIX;
@@ -180,13 +179,12 @@ pub(crate) async fn read_catalog(client: &Client) -> Result<Catalog> {
 
     // A single integer primary key splits large scans into key ranges.
     for table in tables.values_mut() {
-        if let [key] = table.primary_key.as_slice() {
-            if table
+        if let [key] = table.primary_key.as_slice()
+            && table
                 .column(key)
                 .is_some_and(|c| is_integer(&c.declared_type))
-            {
-                table.range_key = Some(format!("\"{}\"", key.replace('"', "\"\"")));
-            }
+        {
+            table.range_key = Some(format!("\"{}\"", key.replace('"', "\"\"")));
         }
     }
 

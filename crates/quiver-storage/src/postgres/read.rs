@@ -25,10 +25,7 @@ const EPOCH_MICROS: i64 = 946_684_800_000_000;
 pub(crate) struct Raw<'a>(pub(crate) Option<&'a [u8]>);
 
 impl<'a> FromSql<'a> for Raw<'a> {
-    fn from_sql(
-        _: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         Ok(Raw(Some(raw)))
     }
 
@@ -440,9 +437,9 @@ impl ToSql for Value {
             },
             Value::Timestamp(micros) => match *ty {
                 Type::TIMESTAMP | Type::TIMESTAMPTZ => out.put_i64(micros - EPOCH_MICROS),
-                Type::DATE => out.put_i32(
-                    i32::try_from(micros.div_euclid(86_400_000_000))? - EPOCH_DAYS,
-                ),
+                Type::DATE => {
+                    out.put_i32(i32::try_from(micros.div_euclid(86_400_000_000))? - EPOCH_DAYS)
+                }
                 _ => return Err(mismatch(self, ty)),
             },
         }
@@ -534,7 +531,8 @@ mod tests {
                 None => raw.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        let data_type = DataType::List(arrow::datatypes::Field::new("item", DataType::Int32, true).into());
+        let data_type =
+            DataType::List(arrow::datatypes::Field::new("item", DataType::Int32, true).into());
         let mut decoder = Decoder::new(&data_type, &Type::INT4_ARRAY, 4).unwrap();
         decoder.append(Some(&raw)).unwrap();
         decoder.append(None).unwrap();

@@ -8,7 +8,10 @@ use quiver_storage::{PoolOptions, Store, StoreOptions, demo};
 
 /// A fresh, empty database of one backend.
 pub(crate) enum TestBackend {
-    Sqlite { url: String, _dir: tempfile::TempDir },
+    Sqlite {
+        url: String,
+        _dir: tempfile::TempDir,
+    },
     Postgres(PostgresTestDb),
 }
 
@@ -21,7 +24,9 @@ impl TestBackend {
 
     /// `None` (after a warning) when no PostgreSQL is configured and none is required.
     pub(crate) async fn postgres() -> Option<Self> {
-        PostgresTestDb::create("storage").await.map(TestBackend::Postgres)
+        PostgresTestDb::create("storage")
+            .await
+            .map(TestBackend::Postgres)
     }
 
     pub(crate) fn url(&self) -> &str {

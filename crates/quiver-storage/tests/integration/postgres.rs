@@ -10,7 +10,9 @@ use arrow::datatypes::{
     IntervalMonthDayNanoType, Time64MicrosecondType, TimestampMicrosecondType,
 };
 use futures::TryStreamExt;
-use quiver_storage::testing::{PostgresTestDb, TcpProxy, free_port, postgres_upstream, with_address};
+use quiver_storage::testing::{
+    PostgresTestDb, TcpProxy, free_port, postgres_upstream, with_address,
+};
 use quiver_storage::{Error, PoolOptions, Store, StoreOptions, demo};
 
 const TYPES_SQL: &str = "
@@ -75,7 +77,10 @@ async fn read_table(store: &Store, table: &str, order: &str) -> RecordBatch {
             }
         })
         .collect();
-    let sql = format!("SELECT {} FROM {table} ORDER BY {order}", columns.join(", "));
+    let sql = format!(
+        "SELECT {} FROM {table} ORDER BY {order}",
+        columns.join(", ")
+    );
     let batches: Vec<RecordBatch> = store
         .query(sql, Vec::new(), info.arrow_schema())
         .await
@@ -94,7 +99,7 @@ async fn postgres_types_map_as_documented() {
     db.connect().await.batch_execute(TYPES_SQL).await.unwrap();
     let store = store_for(&db, PoolOptions::default()).await;
     let batch = read_table(&store, "kinds", "id").await;
-    let column = |name: &str| batch.column_by_name(name).expect(name).clone();
+    let column = |name: &str| Arc::clone(batch.column_by_name(name).expect(name));
 
     assert!(column("flag").as_boolean().value(0));
     assert!(column("flag").is_null(1));
@@ -111,34 +116,54 @@ async fn postgres_types_map_as_documented() {
     let free = column("free");
     assert_eq!(free.data_type().to_string(), "Decimal128(38, 10)");
     // 0.1234567890123 rounded to 10 places.
-    assert_eq!(free.as_primitive::<Decimal128Type>().value(0), 1_234_567_890);
+    assert_eq!(
+        free.as_primitive::<Decimal128Type>().value(0),
+        1_234_567_890
+    );
     assert_eq!(
         free.as_primitive::<Decimal128Type>().value(1),
         -(10i128.pow(30))
     );
     assert_eq!(column("name").as_string::<i32>().value(0), "héllo");
     assert_eq!(column("fixed").as_string::<i32>().value(0), "ab  ");
-    assert_eq!(column("blob").as_binary::<i32>().value(0), &[0x00, 0xff, 0x10]);
+    assert_eq!(
+        column("blob").as_binary::<i32>().value(0),
+        &[0x00, 0xff, 0x10]
+    );
     // 2024-02-29 is day 19782 of the Unix epoch; 1969-12-31 is day -1.
     assert_eq!(column("day").as_primitive::<Date32Type>().value(0), 19_782);
     assert_eq!(column("day").as_primitive::<Date32Type>().value(1), -1);
     assert_eq!(
-        column("clock").as_primitive::<Time64MicrosecondType>().value(0),
+        column("clock")
+            .as_primitive::<Time64MicrosecondType>()
+            .value(0),
         (13 * 3600 + 45 * 60 + 30) * 1_000_000 + 250_000
     );
     // 2025-01-02 03:04:05.678901 UTC = 1735787045678901 µs.
     assert_eq!(
-        column("at").as_primitive::<TimestampMicrosecondType>().value(0),
+        column("at")
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0),
         1_735_787_045_678_901
     );
-    assert_eq!(column("at_tz").data_type().to_string(), "Timestamp(µs, \"UTC\")");
     assert_eq!(
-        column("at_tz").as_primitive::<TimestampMicrosecondType>().value(0),
+        column("at_tz").data_type().to_string(),
+        "Timestamp(µs, \"UTC\")"
+    );
+    assert_eq!(
+        column("at_tz")
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0),
         1_735_787_045_000_000 - 2 * 3_600_000_000
     );
-    let span = column("span").as_primitive::<IntervalMonthDayNanoType>().value(0);
+    let span = column("span")
+        .as_primitive::<IntervalMonthDayNanoType>()
+        .value(0);
     assert_eq!((span.months, span.days), (14, 3));
-    assert_eq!(span.nanoseconds, ((4 * 3600 + 5 * 60 + 6) * 1_000_000 + 500_000) * 1000);
+    assert_eq!(
+        span.nanoseconds,
+        ((4 * 3600 + 5 * 60 + 6) * 1_000_000 + 500_000) * 1000
+    );
     assert_eq!(
         column("ident").as_string::<i32>().value(0),
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
@@ -157,7 +182,11 @@ async fn postgres_types_map_as_documented() {
     let scores = column("scores");
     let scores = scores.as_list::<i32>();
     assert_eq!(
-        scores.value(0).as_primitive::<Int32Type>().values().to_vec(),
+        scores
+            .value(0)
+            .as_primitive::<Int32Type>()
+            .values()
+            .to_vec(),
         vec![3, 1, 2]
     );
     assert!(scores.is_null(1));
@@ -209,7 +238,9 @@ async fn terminated_connections_are_replaced_and_the_next_queries_succeed() {
         },
     )
     .await;
-    demo::load(&store, 500, false, Arc::new(|_| {})).await.unwrap();
+    demo::load(&store, 500, false, Arc::new(|_| {}))
+        .await
+        .unwrap();
     // Use every connection, so all four are open and idle.
     let warm: Vec<_> = (0..8)
         .map(|_| {
@@ -294,7 +325,10 @@ async fn a_database_down_at_start_and_later_restarted_is_ridden_out() {
     );
     assert!(err.to_string().contains("refused"), "{err}");
     let status = store.pool_status();
-    assert!(!status.reachable && status.last_error.is_some(), "{status:?}");
+    assert!(
+        !status.reachable && status.last_error.is_some(),
+        "{status:?}"
+    );
 
     // Up: ready within seconds, no restart.
     let proxy = TcpProxy::start(listen, upstream).await;
@@ -306,7 +340,11 @@ async fn a_database_down_at_start_and_later_restarted_is_ridden_out() {
     proxy.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let failed = task_count(&store).await.unwrap_err();
-    assert!(failed.is_connection_lost() || matches!(failed, Error::Unavailable(_) | Error::Connect { .. }), "{failed}");
+    assert!(
+        failed.is_connection_lost()
+            || matches!(failed, Error::Unavailable(_) | Error::Connect { .. }),
+        "{failed}"
+    );
     let _proxy = TcpProxy::start(listen, upstream).await;
     until_ready(&store, Duration::from_secs(10)).await;
     for _ in 0..10 {
