@@ -279,7 +279,7 @@ async fn run_memory(binary: &std::path::Path, data_dir: &std::path::Path, rows: 
     let sample = flight
         .fetch("SELECT * FROM events", |batch| {
             received += batch.num_rows();
-            if next_report.elapsed() >= Duration::ZERO {
+            if Instant::now() >= next_report {
                 eprintln!(
                     "streamed {received} rows, server RSS {:.1} MiB",
                     rss_bytes(pid).unwrap_or(0) as f64 / 1048576.0

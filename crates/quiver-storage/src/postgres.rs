@@ -41,6 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled PostgreSQL connection and its prepared statements.
 pub(crate) struct PgConnection {
     client: Client,
+    /// Set when the connection must not be reused (a read abandoned mid-stream).
+    retire: bool,
     statements: HashMap<String, Statement>,
     last_used: Instant,
 }
@@ -96,6 +98,7 @@ impl bb8::ManageConnection for PgManager {
         );
         Ok(PgConnection {
             client,
+            retire: false,
             statements: HashMap::new(),
             last_used: Instant::now(),
         })
@@ -112,7 +115,7 @@ impl bb8::ManageConnection for PgManager {
     }
 
     fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.client.is_closed()
+        conn.retire || conn.client.is_closed()
     }
 }
 
@@ -258,7 +261,8 @@ impl PostgresStore {
             );
         }
         let state = ReadState {
-            _conn: conn,
+            cancel: Some(conn.client.cancel_token()),
+            conn,
             rows: Box::pin(rows),
             decoders,
             schema,
@@ -346,14 +350,37 @@ impl PostgresStore {
 
 /// A streaming read in progress.
 struct ReadState {
-    /// Held until the read ends, so the connection is not lent out mid-stream.
-    _conn: Lease<PgManager>,
+    /// Cancels the statement on the server when the reader leaves early, so the
+    /// server stops producing rows nobody reads.
+    cancel: Option<tokio_postgres::CancelToken>,
+    /// Held until the read ends, so the connection is not lent out mid-stream; retired
+    /// instead of reused when the read is abandoned (its remaining rows, and the
+    /// cancel request, must never meet another statement).
+    conn: Lease<PgManager>,
     rows: std::pin::Pin<Box<RowStream>>,
     decoders: Vec<Decoder>,
     schema: SchemaRef,
     batch_size: usize,
     done: bool,
     span: tracing::Span,
+}
+
+impl Drop for ReadState {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.conn.retire = true;
+        if let (Some(token), Ok(runtime)) =
+            (self.cancel.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                if let Err(err) = token.cancel_query(NoTls).await {
+                    tracing::debug!(error = %err, "cannot cancel an abandoned read");
+                }
+            });
+        }
+    }
 }
 
 impl ReadState {

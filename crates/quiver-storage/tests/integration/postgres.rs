@@ -352,3 +352,58 @@ async fn a_database_down_at_start_and_later_restarted_is_ridden_out() {
     }
     assert_eq!(store.pool_status().in_use, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_read_is_cancelled_and_its_connection_retired() {
+    let Some(db) = PostgresTestDb::create("abandon").await else {
+        return;
+    };
+    let store = Store::open(
+        db.url(),
+        &StoreOptions {
+            batch_size: 10,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    demo::load(&store, 2_000, false, Arc::new(|_| {}))
+        .await
+        .unwrap();
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+    ]));
+    // Four million rows: far more than anyone reads here.
+    let mut stream = store
+        .query("SELECT a.id FROM tasks a, tasks b", Vec::new(), schema)
+        .await
+        .unwrap();
+    assert_eq!(stream.try_next().await.unwrap().unwrap().num_rows(), 10);
+    let broken_before = store.pool_status().connections_broken;
+    drop(stream);
+
+    let admin = db.connect().await;
+    let started = Instant::now();
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = $1 AND state = 'active' AND query LIKE '%tasks a, tasks b%'
+                   AND pid <> pg_backend_pid()",
+                &[&db.name()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the abandoned statement still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.pool_status().connections_broken, broken_before + 1);
+    assert_eq!(task_count(&store).await.unwrap(), 2_000);
+}
