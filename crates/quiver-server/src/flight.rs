@@ -174,6 +174,16 @@ impl QuiverFlightSqlService {
         self.stream(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
+    /// The foreign keys matching `filter`, as the one batch of a metadata stream.
+    fn foreign_keys(
+        &self,
+        catalog: Option<&str>,
+        filter: KeyFilter<'_>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = metadata::foreign_keys(CATALOG_NAME, &self.engine.catalog(), catalog, filter)?;
+        Ok(Response::new(self.stream_batch(batch)))
+    }
+
     fn default_schema(&self) -> &'static str {
         self.engine.store().default_schema()
     }
@@ -546,13 +556,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             fk: Some((query.db_schema.as_deref(), &query.table)),
             pk: None,
         };
-        let batch = metadata::foreign_keys(
-            CATALOG_NAME,
-            &self.engine.catalog(),
-            query.catalog.as_deref(),
-            filter,
-        )?;
-        Ok(Response::new(self.stream_batch(batch)))
+        self.foreign_keys(query.catalog.as_deref(), filter)
     }
 
     async fn get_flight_info_exported_keys(
@@ -577,13 +581,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             fk: None,
             pk: Some((query.db_schema.as_deref(), &query.table)),
         };
-        let batch = metadata::foreign_keys(
-            CATALOG_NAME,
-            &self.engine.catalog(),
-            query.catalog.as_deref(),
-            filter,
-        )?;
-        Ok(Response::new(self.stream_batch(batch)))
+        self.foreign_keys(query.catalog.as_deref(), filter)
     }
 
     async fn get_flight_info_cross_reference(
@@ -609,9 +607,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             fk: Some((query.fk_db_schema.as_deref(), &query.fk_table)),
             pk: Some((query.pk_db_schema.as_deref(), &query.pk_table)),
         };
-        let batch =
-            metadata::foreign_keys(CATALOG_NAME, &self.engine.catalog(), catalog_filter, filter)?;
-        Ok(Response::new(self.stream_batch(batch)))
+        self.foreign_keys(catalog_filter, filter)
     }
 
     async fn do_action_fallback(
