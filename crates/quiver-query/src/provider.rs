@@ -66,13 +66,9 @@ impl StoreTable {
             schema
                 .fields()
                 .iter()
-                .map(|f| {
-                    let name = dialect.quote_identifier(f.name());
-                    // Types without an Arrow form are read as their text.
-                    match self.info.column(f.name()) {
-                        Some(c) if c.read_as_text => format!("CAST({name} AS TEXT)"),
-                        _ => name,
-                    }
+                .map(|f| match self.info.column(f.name()) {
+                    Some(column) => dialect.select_column(column),
+                    None => dialect.quote_identifier(f.name()),
                 })
                 .collect::<Vec<_>>()
                 .join(", ")

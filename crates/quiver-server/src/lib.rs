@@ -98,12 +98,11 @@ impl Server {
 /// Loads the demo data when asked and missing, then reads the catalog.
 async fn prepare(engine: &QueryEngine, config: &Config, progress: &demo::ProgressFn) -> Result<()> {
     if config.demo {
-        let store = engine.store();
-        if !demo::is_loaded(store).await? {
-            tracing::info!(tasks = config.demo_tasks, "loading demo data");
-            let summary =
-                demo::load_if_missing(store, config.demo_tasks, Arc::clone(progress)).await?;
-            tracing::info!(?summary, "demo data ready");
+        // Checks for the tables itself, under the store's lock.
+        let loaded =
+            demo::load_if_missing(engine.store(), config.demo_tasks, Arc::clone(progress)).await?;
+        if let Some(summary) = loaded {
+            tracing::info!(?summary, "demo data loaded");
         }
     }
     engine.refresh_catalog().await?;

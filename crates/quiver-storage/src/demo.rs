@@ -498,25 +498,28 @@ fn already_loaded() -> Error {
 /// Rows per `COPY` message while loading PostgreSQL.
 const ROWS_PER_COPY_MESSAGE: u64 = 5_000;
 
-/// Appends one field to a line of `COPY … (FORMAT text)` data, tab-separated, with
-/// `\N` for NULL and the format's backslash escapes.
-fn copy_field(out: &mut String, value: Option<&str>) {
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\t');
-    }
-    let Some(value) = value else {
-        out.push_str("\\N");
-        return;
-    };
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
+/// Appends one line of `COPY … (FORMAT text)` data: tab-separated fields, `\N` for
+/// NULL, and the format's backslash escapes.
+fn copy_line<'a>(out: &mut String, fields: impl IntoIterator<Item = Option<&'a str>>) {
+    for (index, field) in fields.into_iter().enumerate() {
+        if index > 0 {
+            out.push('\t');
+        }
+        let Some(value) = field else {
+            out.push_str("\\N");
+            continue;
+        };
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c => out.push(c),
+            }
         }
     }
+    out.push('\n');
 }
 
 /// Encodes rows `range` of a table as `COPY` messages of a few thousand rows each.
@@ -542,24 +545,18 @@ fn copy_messages(
 }
 
 fn plan_copy_row(row: &PlanRow, out: &mut String) {
-    let mut line = String::new();
-    copy_field(&mut line, Some(&row.id.to_string()));
-    if let Some(epic_id) = row.epic_id {
-        copy_field(&mut line, Some(&epic_id.to_string()));
-    }
-    for value in [
-        row.key.as_str(),
-        &row.title,
-        &row.description,
-        row.status,
-        &row.priority.to_string(),
-        &format_timestamp_micros(row.created_at),
-        &format_timestamp_micros(row.updated_at),
-    ] {
-        copy_field(&mut line, Some(value));
-    }
-    out.push_str(&line);
-    out.push('\n');
+    let mut fields = vec![row.id.to_string()];
+    fields.extend(row.epic_id.map(|id| id.to_string()));
+    fields.extend([
+        row.key.clone(),
+        row.title.clone(),
+        row.description.clone(),
+        row.status.to_owned(),
+        row.priority.to_string(),
+        format_timestamp_micros(row.created_at),
+        format_timestamp_micros(row.updated_at),
+    ]);
+    copy_line(out, fields.iter().map(|f| Some(f.as_str())));
 }
 
 async fn load_postgres(
@@ -676,8 +673,7 @@ async fn load_postgres_rows(
         let mut history_messages = Vec::new();
         let task_messages = copy_messages(done + 1..=chunk_end, |id, out| {
             let row = task(id);
-            let mut line = String::new();
-            for value in [
+            let fields = [
                 Some(row.id.to_string()),
                 Some(row.feature_id.to_string()),
                 Some(row.key.clone()),
@@ -690,26 +686,19 @@ async fn load_postgres_rows(
                 Some(ts(row.created_at)),
                 Some(ts(row.updated_at)),
                 row.completed_at.map(ts),
-            ] {
-                copy_field(&mut line, value.as_deref());
-            }
-            out.push_str(&line);
-            out.push('\n');
+            ];
+            copy_line(out, fields.iter().map(Option::as_deref));
             for change in history(&row) {
                 history_id += 1;
-                let mut line = String::new();
-                for value in [
+                let fields = [
                     Some(history_id.to_string()),
                     Some(change.task_id.to_string()),
                     Some(change.old_status.to_owned()),
                     Some(change.new_status.to_owned()),
                     change.agent.map(str::to_owned),
                     Some(ts(change.changed_at)),
-                ] {
-                    copy_field(&mut line, value.as_deref());
-                }
-                history_text.push_str(&line);
-                history_text.push('\n');
+                ];
+                copy_line(&mut history_text, fields.iter().map(Option::as_deref));
                 if history_text.len() > 1 << 20 {
                     history_messages.push(bytes::Bytes::from(std::mem::take(&mut history_text)));
                 }

@@ -160,9 +160,7 @@ impl SqliteStore {
 
     /// Checks that a reader connection answers.
     pub(crate) async fn ping(&self) -> Result<()> {
-        let conn = self.reader().await?;
-        drop(conn);
-        Ok(())
+        self.checkout().await
     }
 
     /// Current pool occupancy.

@@ -12,7 +12,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use futures::TryStreamExt;
 
-use crate::catalog::{Catalog, TableInfo};
+use crate::catalog::{Catalog, ColumnInfo, TableInfo};
 use crate::error::{Error, Result};
 use crate::pool::{PoolOptions, PoolStatus};
 use crate::postgres::PostgresStore;
@@ -57,6 +57,17 @@ impl Dialect {
     /// Quotes an identifier.
     pub fn quote_identifier(self, identifier: &str) -> String {
         format!("\"{}\"", identifier.replace('"', "\"\""))
+    }
+
+    /// A column as a select-list item: its quoted name, or a cast to text when the
+    /// store's type has no Arrow form (`read_as_text`).
+    pub fn select_column(self, column: &ColumnInfo) -> String {
+        let name = self.quote_identifier(&column.name);
+        if column.read_as_text {
+            format!("CAST({name} AS TEXT)")
+        } else {
+            name
+        }
     }
 
     /// The placeholder for the one-based parameter `index`, bound to `value`.

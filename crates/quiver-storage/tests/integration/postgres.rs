@@ -66,16 +66,11 @@ async fn store_for(db: &PostgresTestDb, pool: PoolOptions) -> Store {
 async fn read_table(store: &Store, table: &str, order: &str) -> RecordBatch {
     let catalog = store.catalog().await.unwrap();
     let info = catalog.table("public", table).expect("table in catalog");
+    let dialect = store.dialect();
     let columns: Vec<String> = info
         .columns
         .iter()
-        .map(|c| {
-            if c.read_as_text {
-                format!("CAST(\"{}\" AS TEXT)", c.name)
-            } else {
-                format!("\"{}\"", c.name)
-            }
-        })
+        .map(|c| dialect.select_column(c))
         .collect();
     let sql = format!(
         "SELECT {} FROM {table} ORDER BY {order}",
