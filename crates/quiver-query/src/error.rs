@@ -26,6 +26,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A row predicate is not valid for its table.
+    #[error("invalid predicate '{predicate}': {message}")]
+    Predicate {
+        /// The predicate as written.
+        predicate: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// The number of bound values does not match the placeholders.
     #[error("the statement has {expected} parameter(s) but {actual} value(s) were bound")]
     ParameterCount {

@@ -8,6 +8,7 @@
 //! - [`pushdown`]: which DataFusion filters the store evaluates identically, rendered
 //!   as SQL with bound parameters.
 //! - [`params`]: `?` placeholders and bound values.
+//! - [`predicate`]: caller-written row predicates compiled against a table.
 //! - [`normalize`]: result types every Arrow client reads.
 //! - [`error`]: [`Error`] and [`Result`].
 
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod normalize;
 pub mod params;
+pub mod predicate;
 pub mod provider;
 mod pushdown;
 

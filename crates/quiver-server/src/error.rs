@@ -82,6 +82,7 @@ fn query_code(err: &quiver_query::Error) -> Code {
         quiver_query::Error::DataFusion(err) => datafusion_code(err),
         quiver_query::Error::Storage(err) => storage_code(err),
         quiver_query::Error::NotAQuery(_)
+        | quiver_query::Error::Predicate { .. }
         | quiver_query::Error::Parameter { .. }
         | quiver_query::Error::ParameterCount { .. } => Code::InvalidArgument,
     }
@@ -173,7 +174,11 @@ pub fn storage_code(err: &quiver_storage::Error) -> Code {
     use quiver_storage::Error as S;
     match err {
         S::Config(_) | S::Parameter { .. } => Code::InvalidArgument,
-        S::Connect { .. } | S::PoolTimeout { .. } | S::Unavailable(_) | S::Io(_) => {
+        S::Connect { .. }
+        | S::PoolTimeout { .. }
+        | S::WriterBusy(_)
+        | S::Unavailable(_)
+        | S::Io(_) => {
             Code::Unavailable
         }
         S::Postgres(_) => postgres_code(err),

@@ -500,7 +500,7 @@ const ROWS_PER_COPY_MESSAGE: u64 = 5_000;
 
 /// Appends one line of `COPY … (FORMAT text)` data: tab-separated fields, `\N` for
 /// NULL, and the format's backslash escapes.
-fn copy_line<'a>(out: &mut String, fields: impl IntoIterator<Item = Option<&'a str>>) {
+pub(crate) fn copy_line<'a>(out: &mut String, fields: impl IntoIterator<Item = Option<&'a str>>) {
     for (index, field) in fields.into_iter().enumerate() {
         if index > 0 {
             out.push('\t');

@@ -27,6 +27,10 @@ pub enum Error {
         max_size: u32,
     },
 
+    /// The single SQLite writer stayed busy (another transaction held it) too long.
+    #[error("the database writer stayed busy for {0:?} (another write transaction holds it)")]
+    WriterBusy(Duration),
+
     /// The store is down; the pool keeps trying to reconnect in the background.
     #[error("database unavailable: {0}")]
     Unavailable(String),

@@ -13,13 +13,16 @@
 //! - [`pool`]: the pool both share — bb8 behind a FIFO gate, metrics, leak detection,
 //!   reconnect with backoff.
 //! - [`catalog`]: schemas, tables, columns, keys and indexes as introspected.
-//! - [`value`]: parameter values bound to statements.
+//! - [`transaction`]: write transactions committed with a change-log version.
+//! - [`changelog`]: the change log — tables, capture triggers, reading it back.
+//! - [`value`]: parameter values bound to statements, and Arrow values read as them.
 //! - [`time`]: ISO-8601 date/time text ↔ Arrow units.
 //! - [`demo`]: the deterministic task-management demo data set.
 //! - [`error`]: [`Error`] and [`Result`].
 //! - `testing` (feature `test-utils`): canonical row text for comparing with SQLite.
 
 pub mod catalog;
+pub mod changelog;
 pub mod demo;
 pub mod error;
 pub mod pool;
@@ -29,6 +32,7 @@ pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod time;
+pub mod transaction;
 pub mod value;
 
 pub use catalog::{
@@ -37,4 +41,6 @@ pub use catalog::{
 pub use error::{Error, Result};
 pub use pool::{PoolOptions, PoolStatus, WaitHistogram};
 pub use store::{BatchStream, Dialect, Store, StoreLocation, StoreOptions};
+pub use changelog::Change;
+pub use transaction::{CommitOptions, CommitOutcome, IdempotencyRecord, StoredResponse, Transaction};
 pub use value::Value;

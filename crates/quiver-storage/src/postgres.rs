@@ -41,15 +41,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled PostgreSQL connection and its prepared statements.
 pub(crate) struct PgConnection {
     client: Client,
-    /// Set when the connection must not be reused (a read abandoned mid-stream).
-    retire: bool,
+    /// Set when the connection must not be reused (a read abandoned mid-stream, a
+    /// transaction abandoned open).
+    pub(crate) retire: bool,
     statements: HashMap<String, Statement>,
     last_used: Instant,
 }
 
 impl PgConnection {
     /// The statement for `sql`, prepared once per connection.
-    async fn prepare(&mut self, sql: &str) -> Result<Statement> {
+    pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -346,6 +347,49 @@ impl PostgresStore {
         }
         Ok(sink.finish().await?)
     }
+}
+
+/// A value in `COPY … FROM STDIN` text form (`None` is NULL).
+fn copy_text(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(v) => if *v { "t" } else { "f" }.to_owned(),
+        Value::Int(v) => v.to_string(),
+        Value::Float(v) if v.is_nan() => "NaN".to_owned(),
+        Value::Float(v) if v.is_infinite() => {
+            if *v > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
+        }
+        Value::Float(v) => v.to_string(),
+        Value::Text(v) | Value::Decimal(v) => v.clone(),
+        Value::Blob(v) => {
+            let mut hex = String::with_capacity(2 + v.len() * 2);
+            hex.push_str("\\x");
+            for byte in v {
+                hex.push_str(&format!("{byte:02x}"));
+            }
+            hex
+        }
+        Value::Date(days) => crate::time::format_date(*days),
+        Value::Timestamp(micros) => crate::time::format_timestamp_micros(*micros),
+    })
+}
+
+/// Rows as `COPY` text messages of about 64 KiB each.
+pub(crate) fn copy_chunks(rows: &[Vec<Value>]) -> Vec<bytes::Bytes> {
+    const CHUNK: usize = 64 * 1024;
+    let mut chunks = Vec::new();
+    let mut text = String::with_capacity(CHUNK + 1024);
+    for row in rows {
+        let fields: Vec<Option<String>> = row.iter().map(copy_text).collect();
+        crate::demo::copy_line(&mut text, fields.iter().map(Option::as_deref));
+        if text.len() >= CHUNK {
+            chunks.push(bytes::Bytes::from(std::mem::take(&mut text)));
+        }
+    }
+    if !text.is_empty() {
+        chunks.push(bytes::Bytes::from(text));
+    }
+    chunks
 }
 
 /// A streaming read in progress.

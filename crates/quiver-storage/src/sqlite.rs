@@ -98,6 +98,16 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || span.in_scope(|| f(&mut conn))).await?
     }
 
+    /// Locks the writer connection (waits for the transaction holding it).
+    pub(crate) async fn writer_guard(&self) -> tokio::sync::OwnedMutexGuard<Connection> {
+        Arc::clone(&self.writer).lock_owned().await
+    }
+
+    /// How long a caller waits for a connection, the writer included.
+    pub(crate) fn acquire_timeout(&self) -> std::time::Duration {
+        self.readers.options().acquire_timeout
+    }
+
     /// Streams the rows of `sql` as batches shaped like `schema`.
     ///
     /// The rows are read on a blocking thread into a channel of two batches, so memory

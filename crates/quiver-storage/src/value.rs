@@ -1,6 +1,16 @@
-//! Scalar values bound as statement parameters.
+//! Scalar values bound as statement parameters, and Arrow columns read as them.
 
 use std::fmt;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
+    UInt16Type, UInt32Type, UInt64Type,
+};
+
+use crate::error::{Error, Result};
 
 /// A parameter value in the store's terms.
 ///
@@ -24,6 +34,8 @@ pub enum Value {
     Date(i32),
     /// Microseconds since 1970-01-01T00:00:00 UTC.
     Timestamp(i64),
+    /// An exact decimal number as text (`-12.50`).
+    Decimal(String),
 }
 
 impl fmt::Display for Value {
@@ -37,6 +49,118 @@ impl fmt::Display for Value {
             Value::Blob(v) => write!(f, "<{} bytes>", v.len()),
             Value::Date(v) => write!(f, "{}", crate::time::format_date(*v)),
             Value::Timestamp(v) => write!(f, "{}", crate::time::format_timestamp_micros(*v)),
+            Value::Decimal(v) => f.write_str(v),
         }
+    }
+}
+
+/// Reads row `row` of `column` as a [`Value`]; `column_name` names it in errors.
+pub fn value_at(column: &ArrayRef, row: usize, column_name: &str) -> Result<Value> {
+    if column.is_null(row) {
+        return Ok(Value::Null);
+    }
+    let unsupported = || Error::Conversion {
+        column: column_name.to_owned(),
+        value: format!("a value of Arrow type {}", column.data_type()),
+        target: "a store value".to_owned(),
+    };
+    Ok(match column.data_type() {
+        DataType::Boolean => Value::Bool(column.as_boolean().value(row)),
+        DataType::Int8 => Value::Int(column.as_primitive::<Int8Type>().value(row).into()),
+        DataType::Int16 => Value::Int(column.as_primitive::<Int16Type>().value(row).into()),
+        DataType::Int32 => Value::Int(column.as_primitive::<Int32Type>().value(row).into()),
+        DataType::Int64 => Value::Int(column.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => Value::Int(column.as_primitive::<UInt8Type>().value(row).into()),
+        DataType::UInt16 => Value::Int(column.as_primitive::<UInt16Type>().value(row).into()),
+        DataType::UInt32 => Value::Int(column.as_primitive::<UInt32Type>().value(row).into()),
+        DataType::UInt64 => {
+            let value = column.as_primitive::<UInt64Type>().value(row);
+            i64::try_from(value)
+                .map(Value::Int)
+                .unwrap_or_else(|_| Value::Decimal(value.to_string()))
+        }
+        DataType::Float16 => {
+            Value::Float(column.as_primitive::<Float16Type>().value(row).to_f64())
+        }
+        DataType::Float32 => Value::Float(column.as_primitive::<Float32Type>().value(row).into()),
+        DataType::Float64 => Value::Float(column.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => Value::Text(column.as_string::<i32>().value(row).to_owned()),
+        DataType::LargeUtf8 => Value::Text(column.as_string::<i64>().value(row).to_owned()),
+        DataType::Utf8View => Value::Text(column.as_string_view().value(row).to_owned()),
+        DataType::Binary => Value::Blob(column.as_binary::<i32>().value(row).to_vec()),
+        DataType::LargeBinary => Value::Blob(column.as_binary::<i64>().value(row).to_vec()),
+        DataType::BinaryView => Value::Blob(column.as_binary_view().value(row).to_vec()),
+        DataType::Date32 => Value::Date(column.as_primitive::<Date32Type>().value(row)),
+        DataType::Date64 => {
+            let millis = column.as_primitive::<Date64Type>().value(row);
+            Value::Date(i32::try_from(millis.div_euclid(86_400_000)).map_err(|_| unsupported())?)
+        }
+        DataType::Timestamp(unit, _) => Value::Timestamp(match unit {
+            TimeUnit::Second => column
+                .as_primitive::<TimestampSecondType>()
+                .value(row)
+                .checked_mul(1_000_000)
+                .ok_or_else(unsupported)?,
+            TimeUnit::Millisecond => column
+                .as_primitive::<TimestampMillisecondType>()
+                .value(row)
+                .checked_mul(1_000)
+                .ok_or_else(unsupported)?,
+            TimeUnit::Microsecond => column.as_primitive::<TimestampMicrosecondType>().value(row),
+            TimeUnit::Nanosecond => column
+                .as_primitive::<TimestampNanosecondType>()
+                .value(row)
+                .div_euclid(1_000),
+        }),
+        DataType::Decimal128(_, scale) => Value::Decimal(format_decimal(
+            column.as_primitive::<Decimal128Type>().value(row),
+            *scale,
+        )),
+        _ => return Err(unsupported()),
+    })
+}
+
+/// Every row of `batch` as values, in column order.
+pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<Vec<Value>>> {
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|row| {
+            batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| value_at(column, row, field.name()))
+                .collect()
+        })
+        .collect()
+}
+
+/// A scaled integer as decimal text: `format_decimal(-1250, 2)` is `-12.50`.
+pub fn format_decimal(value: i128, scale: i8) -> String {
+    if scale <= 0 {
+        let mut text = value.to_string();
+        if value != 0 {
+            text.extend(std::iter::repeat_n('0', usize::from(scale.unsigned_abs())));
+        }
+        return text;
+    }
+    let scale = usize::from(scale.unsigned_abs());
+    let digits = value.unsigned_abs().to_string();
+    let digits = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = digits.split_at(digits.len() - scale);
+    let sign = if value < 0 { "-" } else { "" };
+    format!("{sign}{whole}.{fraction}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_format_at_their_scale() {
+        assert_eq!(format_decimal(-1250, 2), "-12.50");
+        assert_eq!(format_decimal(5, 3), "0.005");
+        assert_eq!(format_decimal(12, 0), "12");
+        assert_eq!(format_decimal(12, -2), "1200");
     }
 }

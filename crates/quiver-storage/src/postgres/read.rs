@@ -393,12 +393,24 @@ impl ToSql for Value {
                 Type::OID => out.put_u32(u32::try_from(*v)?),
                 Type::FLOAT8 => out.put_f64(*v as f64),
                 Type::FLOAT4 => out.put_f32(*v as f32),
+                Type::NUMERIC => out.put_slice(&encode_numeric(&v.to_string())?),
                 Type::TEXT | Type::VARCHAR => out.put_slice(v.to_string().as_bytes()),
                 _ => return Err(mismatch(self, ty)),
             },
             Value::Float(v) => match *ty {
                 Type::FLOAT8 => out.put_f64(*v),
                 Type::FLOAT4 => out.put_f32(*v as f32),
+                Type::NUMERIC if v.is_finite() => out.put_slice(&encode_numeric(&v.to_string())?),
+                _ => return Err(mismatch(self, ty)),
+            },
+            Value::Decimal(v) => match *ty {
+                Type::NUMERIC => out.put_slice(&encode_numeric(v)?),
+                Type::FLOAT8 => out.put_f64(v.parse()?),
+                Type::FLOAT4 => out.put_f32(v.parse()?),
+                Type::INT8 => out.put_i64(v.parse()?),
+                Type::INT4 => out.put_i32(v.parse()?),
+                Type::INT2 => out.put_i16(v.parse()?),
+                Type::TEXT | Type::VARCHAR => out.put_slice(v.as_bytes()),
                 _ => return Err(mismatch(self, ty)),
             },
             Value::Text(v) => match (ty.kind(), ty) {
@@ -425,6 +437,17 @@ impl ToSql for Value {
                     | &Type::JSON
                     | &Type::UNKNOWN,
                 ) => out.put_slice(v.as_bytes()),
+                (_, &Type::NUMERIC) => out.put_slice(&encode_numeric(v)?),
+                (_, &Type::DATE) => out.put_i32(
+                    crate::time::parse_date_days(v)
+                        .ok_or_else(|| format!("'{v}' is not a date"))?
+                        - EPOCH_DAYS,
+                ),
+                (_, &Type::TIMESTAMP | &Type::TIMESTAMPTZ) => out.put_i64(
+                    crate::time::parse_timestamp_micros(v)
+                        .ok_or_else(|| format!("'{v}' is not a timestamp"))?
+                        - EPOCH_MICROS,
+                ),
                 _ => return Err(mismatch(self, ty)),
             },
             Value::Blob(v) => match *ty {
@@ -464,7 +487,64 @@ pub(crate) fn placeholder_cast(value: &Value) -> &'static str {
         Value::Blob(_) => "bytea",
         Value::Date(_) => "date",
         Value::Timestamp(_) => "timestamp",
+        Value::Decimal(_) => "numeric",
     }
+}
+
+/// Encodes decimal text (`-12.50`, `1e3` is not accepted) in PostgreSQL's binary
+/// `numeric` format: base-10000 digits, weight, sign and display scale.
+pub(crate) fn encode_numeric(text: &str) -> Result<Vec<u8>, BoxError> {
+    let invalid = || -> BoxError { format!("'{text}' is not a decimal number").into() };
+    let trimmed = text.trim();
+    let (negative, unsigned) = match trimmed.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+    };
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if (whole.is_empty() && fraction.is_empty())
+        || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let dscale = u16::try_from(fraction.len()).map_err(|_| invalid())?;
+    // Pad the whole part on the left and the fraction on the right to groups of four.
+    let whole_pad = (4 - whole.len() % 4) % 4;
+    let fraction_pad = (4 - fraction.len() % 4) % 4;
+    let padded: String = std::iter::repeat_n('0', whole_pad)
+        .chain(whole.chars())
+        .chain(fraction.chars())
+        .chain(std::iter::repeat_n('0', fraction_pad))
+        .collect();
+    let mut digits: Vec<i16> = padded
+        .as_bytes()
+        .chunks(4)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .fold(0i16, |acc, b| acc * 10 + i16::from(b - b'0'))
+        })
+        .collect();
+    let mut weight = i16::try_from((whole.len() + whole_pad) / 4).map_err(|_| invalid())? - 1;
+    while digits.first() == Some(&0) {
+        digits.remove(0);
+        weight -= 1;
+    }
+    while digits.last() == Some(&0) {
+        digits.pop();
+    }
+    if digits.is_empty() {
+        weight = 0;
+    }
+    let mut out = Vec::with_capacity(8 + digits.len() * 2);
+    out.extend_from_slice(&i16::try_from(digits.len()).map_err(|_| invalid())?.to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    let sign: u16 = if negative && !digits.is_empty() { 0x4000 } else { 0 };
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&dscale.to_be_bytes());
+    for digit in digits {
+        out.extend_from_slice(&digit.to_be_bytes());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -504,6 +584,22 @@ mod tests {
         // 1e40 does not fit.
         assert!(decode_numeric(&numeric(&[1], 10, false, 0), 0).is_err());
         assert!(decode_numeric(&numeric(&[], 0, false, 0)[..4], 0).is_err());
+    }
+
+    #[test]
+    fn numerics_encode_and_decode_back() {
+        for (text, scale, expected) in [
+            ("-12.50", 2, -1250i128),
+            ("0.005", 3, 5),
+            ("123456789.0001", 4, 1_234_567_890_001),
+            ("0", 0, 0),
+            ("10000", 0, 10_000),
+        ] {
+            let encoded = encode_numeric(text).unwrap();
+            assert_eq!(decode_numeric(&encoded, scale).unwrap(), expected, "{text}");
+        }
+        assert!(encode_numeric("1e3").is_err());
+        assert!(encode_numeric("abc").is_err());
     }
 
     #[test]

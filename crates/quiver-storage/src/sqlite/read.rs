@@ -29,6 +29,7 @@ impl ToSql for Value {
             Value::Timestamp(micros) => {
                 ToSqlOutput::Owned(Owned::Text(time::format_timestamp_micros(*micros)))
             }
+            Value::Decimal(v) => ToSqlOutput::Borrowed(Borrowed::Text(v.as_bytes())),
         })
     }
 }

@@ -4,5 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test on error")]
 
 mod backend;
-mod postgres;
+#[macro_use]
 mod suite;
+mod changelog;
+mod postgres;

@@ -80,7 +80,7 @@ async fn read(store: &Store, sql: &str, params: Vec<Value>, schema: SchemaRef) -
         .unwrap_or_else(|err| panic!("{sql}: {err}"))
 }
 
-async fn count(store: &Store, sql: &str, params: Vec<Value>) -> i64 {
+pub(crate) async fn count(store: &Store, sql: &str, params: Vec<Value>) -> i64 {
     let batches = read(store, sql, params, schema(&[("n", DataType::Int64)])).await;
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
