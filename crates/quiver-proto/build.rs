@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("quiver_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure()
-        .btree_map(["."])
+        .btree_map(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

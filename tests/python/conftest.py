@@ -1,10 +1,20 @@
 """Fixtures: a real `quiver serve` process over a fresh demo database, once on SQLite
-and once on PostgreSQL (from QUIVER_TEST_POSTGRES_URL), with SQLite as the truth."""
+and once on PostgreSQL (from QUIVER_TEST_POSTGRES_URL), with SQLite as the truth.
 
+Read-only tests share the session-scoped `server`, whose data never changes. Tests
+that write use `writable_server` (a fresh server per test module) and read the truth
+straight from its database through `store`."""
+
+import contextlib
+import datetime
+import decimal
+import importlib
+import itertools
 import os
 import re
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -27,11 +37,15 @@ class Server:
     """A running `quiver serve`; its addresses are read from its log.
 
     `db_path` is a SQLite file holding the same demo data: the server's own database,
-    or for a PostgreSQL-backed server a copy loaded as the truth to compare with."""
+    or for a PostgreSQL-backed server a copy loaded as the truth to compare with (None
+    for a writable PostgreSQL-backed server, whose truth is its database at `db_url`).
+    `kind` is "sqlite" or "postgres"."""
 
-    def __init__(self, db_url: str, db_path: Path, schema: str):
+    def __init__(self, db_url: str, db_path: Path | None, schema: str, kind: str = "sqlite"):
+        self.db_url = db_url
         self.db_path = db_path
         self.schema = schema
+        self.kind = kind
         self.process = subprocess.Popen(
             [
                 quiver_binary(),
@@ -101,14 +115,18 @@ def with_database(url: str, database: str) -> str:
     return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
 
 
+_DATABASE_NUMBERS = itertools.count(1)
+
+
 class PostgresDatabase:
-    """A fresh database for one test session, dropped afterwards."""
+    """A fresh database for one server, dropped afterwards."""
 
     def __init__(self, admin_url: str):
         import psycopg
 
         self.admin_url = admin_url
-        self.name = f"quiver_pytest_{os.getpid()}_{int(time.time())}"
+        # Several servers may start within one second of one process.
+        self.name = f"quiver_pytest_{os.getpid()}_{int(time.time())}_{next(_DATABASE_NUMBERS)}"
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.name}"')
         self.url = with_database(admin_url, self.name)
@@ -120,22 +138,35 @@ class PostgresDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def server(request, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(kind: str, tmp_path_factory, *, sqlite_truth: bool):
+    """Starts `quiver serve --demo` over a fresh database of `kind` ("sqlite" or
+    "postgres") and stops it afterwards, checking that it exits cleanly.
+
+    With `sqlite_truth`, a PostgreSQL-backed server also gets a SQLite copy of the
+    same demo at `db_path` (the truth read-only tests compare with); without it,
+    `db_path` is None there and the truth is the PostgreSQL database itself."""
     db_path = tmp_path_factory.mktemp("quiver") / "demo.db"
     postgres = None
-    if request.param == "sqlite":
-        running = Server(f"sqlite://{db_path}", db_path, "main")
+    if kind == "sqlite":
+        running = Server(f"sqlite://{db_path}", db_path, "main", "sqlite")
     else:
         postgres = PostgresDatabase(postgres_admin_url())
-        # The truth: the same deterministic demo, in SQLite.
-        subprocess.run(
-            [quiver_binary(), "demo", "load", "--db", f"sqlite://{db_path}", "--tasks", str(DEMO_TASKS)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        running = Server(postgres.url, db_path, "public")
+        truth_path = None
+        if sqlite_truth:
+            # The truth: the same deterministic demo, in SQLite.
+            subprocess.run(
+                [quiver_binary(), "demo", "load", "--db", f"sqlite://{db_path}", "--tasks", str(DEMO_TASKS)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            truth_path = db_path
+        try:
+            running = Server(postgres.url, truth_path, "public", "postgres")
+        except BaseException:
+            postgres.drop()
+            raise
     try:
         yield running
     finally:
@@ -143,6 +174,20 @@ def server(request, tmp_path_factory):
         if postgres is not None:
             postgres.drop()
     assert running.process.returncode == 0, "server exits cleanly on SIGTERM:\n" + "".join(running.log[-20:])
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory):
+    """A read-only server shared by the whole session: never write through it."""
+    with running_server(request.param, tmp_path_factory, sqlite_truth=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def writable_server(request, tmp_path_factory):
+    """A server of its own for one test module, free to be written to."""
+    with running_server(request.param, tmp_path_factory, sqlite_truth=False) as running:
+        yield running
 
 
 @pytest.fixture()
@@ -157,7 +202,9 @@ def sqlite(server):
 def adbc(server):
     import adbc_driver_flightsql.dbapi as flight_sql
 
-    conn = flight_sql.connect(server.grpc_uri)
+    # Autocommit: a read-only connection has no use for a transaction, and the driver's
+    # close does not end one (it only sends CloseSession).
+    conn = flight_sql.connect(server.grpc_uri, autocommit=True)
     yield conn
     conn.close()
 
@@ -184,3 +231,123 @@ def rows_of_sqlite(conn, sql, params=()) -> list[tuple]:
     return [tuple(canonical(v) for v in row) for row in conn.execute(sql, params).fetchall()]
 
 
+def canonical_store(value):
+    """A value read from SQLite or PostgreSQL in one comparable form (PostgreSQL's
+    sum() of integers is a Decimal; timestamps read back as datetime or ISO text)."""
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else round(float(value), 6)
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return canonical(value)
+
+
+class Store:
+    """The writable server's own database, read directly: the truth for write tests.
+
+    `rows(sql)` / `scalar(sql)` take plain SQL without parameters, valid on both SQLite
+    and PostgreSQL; values come back through `canonical_store`. Every SQLite read opens
+    a fresh read-only connection, and PostgreSQL runs in autocommit, so each read sees
+    exactly what is committed at that moment."""
+
+    def __init__(self, server: Server):
+        self.kind = server.kind
+        self.schema = server.schema
+        self._sqlite_path = server.db_path if server.kind == "sqlite" else None
+        self._pg = None
+        if server.kind == "postgres":
+            import psycopg
+
+            self._pg = psycopg.connect(server.db_url, autocommit=True)
+
+    def _raw_rows(self, sql: str) -> list[tuple]:
+        if self._pg is not None:
+            with self._pg.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        conn = sqlite3.connect(f"file:{self._sqlite_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def rows(self, sql: str) -> list[tuple]:
+        return [tuple(canonical_store(v) for v in row) for row in self._raw_rows(sql)]
+
+    def scalar(self, sql: str):
+        rows = self.rows(sql)
+        assert len(rows) == 1 and len(rows[0]) == 1, f"{sql!r} gives one value, not {rows!r}"
+        return rows[0][0]
+
+    def count(self, table: str, where: str | None = None) -> int:
+        return self.scalar(f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else ""))
+
+    def columns(self, table: str) -> list[str]:
+        """The table's column names in declaration order ([] when it does not exist)."""
+        if self._pg is not None:
+            sql = (
+                "SELECT column_name FROM information_schema.columns "
+                f"WHERE table_schema = '{self.schema}' AND table_name = '{table}' ORDER BY ordinal_position"
+            )
+        else:
+            sql = f"SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        return [row[0] for row in self.rows(sql)]
+
+    def close(self):
+        if self._pg is not None:
+            self._pg.close()
+
+
+@pytest.fixture(scope="module")
+def store(writable_server):
+    """Direct reads of `writable_server`'s database."""
+    truth = Store(writable_server)
+    yield truth
+    truth.close()
+
+
+@pytest.fixture()
+def writer(writable_server):
+    """An ADBC Flight SQL connection to `writable_server` in autocommit mode: every
+    statement commits on its own."""
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    conn = flight_sql.connect(writable_server.grpc_uri, autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def quiver_pb(tmp_path_factory):
+    """Python modules generated from proto/quiver/v1/mutations.proto:
+    (mutations_pb2, mutations_pb2_grpc)."""
+    out = tmp_path_factory.mktemp("quiver_pb")
+    protoc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(ROOT / "proto"),
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            "quiver/v1/mutations.proto",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if protoc.returncode != 0:
+        pytest.fail(f"grpc_tools.protoc failed ({protoc.returncode}):\n{protoc.stdout}{protoc.stderr}")
+    (out / "quiver" / "__init__.py").touch()
+    (out / "quiver" / "v1" / "__init__.py").touch()
+    sys.path.insert(0, str(out))
+    try:
+        pb2 = importlib.import_module("quiver.v1.mutations_pb2")
+        pb2_grpc = importlib.import_module("quiver.v1.mutations_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+    return pb2, pb2_grpc
+
+
+def micros(moment: datetime.datetime) -> int:
+    """Microseconds since the Unix epoch of a naive UTC datetime."""
+    return (moment - datetime.datetime(1970, 1, 1)) // datetime.timedelta(microseconds=1)

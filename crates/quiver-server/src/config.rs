@@ -94,6 +94,16 @@ serve_args! {
     target_partitions: usize, env = "QUIVER_TARGET_PARTITIONS";
     /// Largest gRPC message accepted, MiB [default: 64].
     max_message_size_mb: usize, env = "QUIVER_MAX_MESSAGE_SIZE_MB";
+    /// Most rows one mutation request may write [default: 100000].
+    max_mutation_rows: usize, env = "QUIVER_MAX_MUTATION_ROWS";
+    /// Largest mutation request, MiB (larger ones get RESOURCE_EXHAUSTED) [default: 32].
+    max_mutation_size_mb: usize, env = "QUIVER_MAX_MUTATION_SIZE_MB";
+    /// Hours the change log keeps commits [default: 168].
+    change_log_retention_h: u64, env = "QUIVER_CHANGE_LOG_RETENTION_H";
+    /// Hours an idempotency key is remembered [default: 24].
+    idempotency_window_h: u64, env = "QUIVER_IDEMPOTENCY_WINDOW_H";
+    /// Seconds a Flight SQL transaction may sit idle before it is rolled back [default: 60].
+    transaction_idle_timeout_s: u64, env = "QUIVER_TRANSACTION_IDLE_TIMEOUT_S";
 }
 
 /// The resolved, validated configuration of a server.
@@ -117,6 +127,23 @@ pub struct Config {
     pub max_message_size: usize,
     /// Largest Arrow payload per Flight message sent, bytes (batches are split).
     pub max_flight_data_size: usize,
+    /// Limits and retention of the write path.
+    pub writes: WriteConfig,
+}
+
+/// Limits and retention of the write path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteConfig {
+    /// Most rows one mutation request may write.
+    pub max_rows: usize,
+    /// Largest mutation request, bytes.
+    pub max_request_bytes: usize,
+    /// How long the change log keeps commits.
+    pub change_log_retention: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// How long a Flight SQL transaction may sit idle before it is rolled back.
+    pub transaction_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -206,6 +233,19 @@ impl ServeArgs {
             },
             max_message_size: max_message_size_mb << 20,
             max_flight_data_size: 2 << 20,
+            writes: WriteConfig {
+                max_rows: self.max_mutation_rows.unwrap_or(100_000),
+                max_request_bytes: self.max_mutation_size_mb.unwrap_or(32) << 20,
+                change_log_retention: Duration::from_secs(
+                    self.change_log_retention_h.unwrap_or(168) * 3600,
+                ),
+                idempotency_window: Duration::from_secs(
+                    self.idempotency_window_h.unwrap_or(24) * 3600,
+                ),
+                transaction_idle_timeout: Duration::from_secs(
+                    self.transaction_idle_timeout_s.unwrap_or(60),
+                ),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -235,6 +275,19 @@ impl Config {
                 "batch_size must be between 1 and 1000000, not {}",
                 self.store.batch_size
             ));
+        }
+        if self.writes.max_rows == 0 {
+            return fail("max_mutation_rows must be at least 1".to_owned());
+        }
+        if self.writes.max_request_bytes == 0 || self.writes.max_request_bytes > self.max_message_size
+        {
+            return fail(format!(
+                "max_mutation_size_mb must be between 1 and max_message_size_mb ({})",
+                self.max_message_size >> 20
+            ));
+        }
+        if self.writes.transaction_idle_timeout.is_zero() {
+            return fail("transaction_idle_timeout_s must be at least 1".to_owned());
         }
         if self.engine.target_partitions == 0 {
             return fail("target_partitions must be at least 1".to_owned());

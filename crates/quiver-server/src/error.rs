@@ -27,6 +27,19 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// The object to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// The request cannot apply in the current state (an idempotency key reused for a
+    /// different request, for example).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    /// The request is larger than the server's limits allow.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
     /// Arrow data sent by the client could not be decoded.
     #[error("invalid Arrow data: {0}")]
     Arrow(#[from] ArrowError),
@@ -71,6 +84,9 @@ pub fn code_of(err: &Error) -> Code {
             Code::InvalidArgument
         }
         Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Config(_) => Code::FailedPrecondition,
         Error::Io(_) | Error::Client(_) => Code::Unavailable,
         Error::Internal(_) | Error::Metadata(_) => Code::Internal,

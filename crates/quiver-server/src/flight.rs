@@ -25,8 +25,10 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionEndTransactionRequest, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    EndTransaction,
 };
 use arrow_flight::{
     Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage,
@@ -48,6 +50,7 @@ use tracing::Instrument;
 use self::handle::StatementHandle;
 use self::metadata::{KeyFilter, SQL_INFO, XDBC_TYPE_INFO};
 use crate::error::{Error, Result};
+use crate::writes::{StatementKind, Writer, statement_kind};
 
 /// The stream type of DoGet responses.
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -59,17 +62,44 @@ const STREAM_BUFFER: usize = 2;
 #[derive(Debug, Clone)]
 pub struct QuiverFlightSqlService {
     engine: Arc<QueryEngine>,
+    writer: Arc<Writer>,
     max_flight_data_size: usize,
 }
 
 impl QuiverFlightSqlService {
-    /// A service answering from `engine`; no Flight message it sends exceeds
-    /// `max_flight_data_size` bytes of Arrow data (bigger batches are split).
-    pub fn new(engine: Arc<QueryEngine>, max_flight_data_size: usize) -> Self {
+    /// A service answering from `writer`'s engine and writing through `writer`; no
+    /// Flight message it sends exceeds `max_flight_data_size` bytes of Arrow data
+    /// (bigger batches are split).
+    pub fn new(writer: Arc<Writer>, max_flight_data_size: usize) -> Self {
         Self {
-            engine,
+            engine: Arc::clone(writer.engine()),
+            writer,
             max_flight_data_size,
         }
+    }
+
+    /// Runs a data-changing statement at GetFlightInfo time (what ADBC's
+    /// `cursor.execute` sends for DML and DDL) and describes an empty result whose
+    /// `total_records` is the number of rows changed.
+    async fn update_info(
+        &self,
+        handle: &StatementHandle,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let changed = self
+            .writer
+            .execute_update(
+                &handle.sql,
+                bound_values(handle)?,
+                handle.transaction_id.as_ref(),
+            )
+            .await?;
+        Ok(FlightInfo::new()
+            .try_with_schema(&Schema::empty())
+            .map_err(|err| Status::internal(format!("cannot encode schema: {err}")))?
+            .with_descriptor(descriptor)
+            .with_total_records(i64::try_from(changed).unwrap_or(i64::MAX))
+            .with_total_bytes(-1))
     }
 
     fn flight_info(
@@ -189,6 +219,32 @@ impl QuiverFlightSqlService {
     }
 }
 
+/// The parameter rows bound to `handle` as store values (one empty row when none are
+/// bound).
+fn bound_values(handle: &StatementHandle) -> Result<Vec<Vec<quiver_storage::Value>>> {
+    match &handle.params {
+        None => Ok(vec![Vec::new()]),
+        Some(batch) => Ok(quiver_storage::value::rows_of_batch(batch)?),
+    }
+}
+
+/// Reads a DoPut stream to its end: its schema and batches.
+async fn read_put_stream(
+    request: Request<PeekableFlightDataStream>,
+    what: &str,
+) -> Result<(Option<arrow::datatypes::SchemaRef>, Vec<RecordBatch>), Status> {
+    let mut stream = FlightRecordBatchStream::new_from_flight_data(
+        request.into_inner().map_err(FlightError::from),
+    );
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        batches.push(
+            batch.map_err(|err| Status::invalid_argument(format!("cannot read {what}: {err}")))?,
+        );
+    }
+    Ok((stream.schema().cloned(), batches))
+}
+
 /// The parameter values bound to `handle`, one list per row (one empty list when none
 /// are bound).
 fn bound_rows(handle: &StatementHandle) -> Result<Vec<Vec<ScalarValue>>> {
@@ -215,15 +271,6 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes> {
     Ok(bytes)
 }
 
-fn no_transactions(transaction_id: &Option<Bytes>) -> Result<(), Status> {
-    match transaction_id {
-        Some(_) => Err(Status::invalid_argument(
-            "transactions are not supported by this server",
-        )),
-        None => Ok(()),
-    }
-}
-
 fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
     StatementHandle::decode(bytes).map_err(Status::from)
 }
@@ -238,10 +285,14 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        no_transactions(&query.transaction_id)?;
-        let info = self
-            .statement_info(StatementHandle::new(query.query), request.into_inner())
-            .await?;
+        self.writer
+            .check_transaction(query.transaction_id.as_ref())?;
+        let handle = StatementHandle::new(query.query).in_transaction(query.transaction_id);
+        let info = if statement_kind(&handle.sql) == StatementKind::Query {
+            self.statement_info(handle, request.into_inner()).await?
+        } else {
+            self.update_info(&handle, request.into_inner()).await?
+        };
         Ok(Response::new(info))
     }
 
@@ -252,7 +303,11 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = decode_handle(&query.prepared_statement_handle)?;
-        let info = self.statement_info(handle, request.into_inner()).await?;
+        let info = if statement_kind(&handle.sql) == StatementKind::Query {
+            self.statement_info(handle, request.into_inner()).await?
+        } else {
+            self.update_info(&handle, request.into_inner()).await?
+        };
         Ok(Response::new(info))
     }
 
@@ -285,14 +340,25 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        no_transactions(&query.transaction_id)?;
+        self.writer
+            .check_transaction(query.transaction_id.as_ref())?;
+        let handle = StatementHandle::new(query.query).in_transaction(query.transaction_id);
+        if statement_kind(&handle.sql) != StatementKind::Query {
+            // Run on the store as written; nothing to plan. The parameters take their
+            // types from the bound values.
+            return Ok(ActionCreatePreparedStatementResult {
+                prepared_statement_handle: handle.encode()?,
+                dataset_schema: schema_bytes(&Schema::empty())?,
+                parameter_schema: schema_bytes(&Schema::empty())?,
+            });
+        }
         let prepared = self
             .engine
-            .prepare(&query.query)
+            .prepare(&handle.sql)
             .await
             .map_err(Error::from)?;
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: StatementHandle::new(query.query).encode()?,
+            prepared_statement_handle: handle.encode()?,
             dataset_schema: schema_bytes(&prepared.schema())?,
             parameter_schema: schema_bytes(&prepared.parameter_schema())?,
         })
@@ -333,14 +399,92 @@ impl FlightSqlService for QuiverFlightSqlService {
         Ok(())
     }
 
+    #[tracing::instrument(name = "flight.statement_update", skip_all, fields(db.query.text = %command.query, rows = tracing::field::Empty))]
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        // Read the stream to its end even though a plain update carries no data.
+        read_put_stream(request, "update data").await?;
+        let changed = self
+            .writer
+            .execute_update(
+                &command.query,
+                vec![Vec::new()],
+                command.transaction_id.as_ref(),
+            )
+            .await?;
+        tracing::Span::current().record("rows", changed);
+        Ok(i64::try_from(changed).unwrap_or(i64::MAX))
+    }
+
+    #[tracing::instrument(name = "flight.prepared_statement_update", skip_all, fields(rows = tracing::field::Empty))]
+    async fn do_put_prepared_statement_update(
+        &self,
+        command: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let mut handle = decode_handle(&command.prepared_statement_handle)?;
+        let (_, batches) = read_put_stream(request, "parameter batches").await?;
+        if let Some(first) = batches.first() {
+            handle.params = Some(
+                arrow::compute::concat_batches(&first.schema(), &batches).map_err(Error::from)?,
+            );
+        }
+        let changed = self
+            .writer
+            .execute_update(
+                &handle.sql,
+                bound_values(&handle)?,
+                handle.transaction_id.as_ref(),
+            )
+            .await?;
+        tracing::Span::current().record("rows", changed);
+        Ok(i64::try_from(changed).unwrap_or(i64::MAX))
+    }
+
+    #[tracing::instrument(name = "flight.ingest", skip_all, fields(table = %command.table, rows = tracing::field::Empty))]
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let (schema, batches) = read_put_stream(request, "ingest data").await?;
+        let schema = schema
+            .or_else(|| batches.first().map(|b| b.schema()))
+            .ok_or_else(|| Status::invalid_argument("ingest stream carries no schema"))?;
+        let written = self.writer.ingest(&command, &schema, batches).await?;
+        tracing::Span::current().record("rows", written);
+        Ok(i64::try_from(written).unwrap_or(i64::MAX))
+    }
+
     async fn do_action_begin_transaction(
         &self,
         _query: ActionBeginTransactionRequest,
         _request: Request<Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
-        Err(Status::unimplemented(
-            "transactions are not supported by this server",
-        ))
+        Ok(ActionBeginTransactionResult {
+            transaction_id: self.writer.begin(),
+        })
+    }
+
+    async fn do_action_end_transaction(
+        &self,
+        query: ActionEndTransactionRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        let commit = match query.action() {
+            EndTransaction::Commit => true,
+            EndTransaction::Rollback => false,
+            EndTransaction::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "EndTransaction needs an action: commit or rollback",
+                ));
+            }
+        };
+        self.writer.end(&query.transaction_id, commit).await?;
+        Ok(())
     }
 
     async fn get_flight_info_catalogs(

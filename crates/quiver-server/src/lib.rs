@@ -5,7 +5,10 @@
 //! - [`run`]: serves already-bound listeners until a shutdown token fires.
 //! - [`Server`]: opens the store, loads demo data on request, builds the engine.
 //! - [`flight`]: the Flight SQL service, stateless statement handles, catalog metadata,
-//!   session options.
+//!   session options; DML, DDL, ingest and transactions through [`writes`].
+//! - [`mutations`]: the `quiver.v1.Mutations` gRPC service.
+//! - [`writes`]: the write path both share — transactions, ingest, the change log's
+//!   upkeep.
 //! - [`http`]: `/healthz`, `/readyz`, `POST /v1/query`.
 //! - [`config`]: flags, `QUIVER_*` variables and the TOML file, merged and validated.
 //! - [`cli`]: the `quiver` subcommands (`serve`, `demo load`, `query`).
@@ -17,16 +20,19 @@ pub mod config;
 pub mod error;
 pub mod flight;
 pub mod http;
+pub mod mutations;
 pub mod telemetry;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
+pub mod writes;
 
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use axum::serve::ListenerExt;
 use quiver_query::QueryEngine;
-use quiver_storage::{Store, demo};
+use quiver_proto::v1::mutations_server::MutationsServer;
+use quiver_storage::{Store, changelog, demo};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +41,8 @@ pub use config::Config;
 pub use error::{Error, Result};
 
 use crate::flight::QuiverFlightSqlService;
+use crate::mutations::MutationService;
+use crate::writes::Writer;
 
 /// The sockets a server answers on, bound by the caller (tests bind port 0).
 #[derive(Debug)]
@@ -65,6 +73,8 @@ impl Listeners {
 pub struct Server {
     /// The query engine over the store.
     pub engine: Arc<QueryEngine>,
+    /// The write path over the same store.
+    pub writer: Arc<Writer>,
     /// The configuration it was built from.
     pub config: Config,
 }
@@ -91,7 +101,12 @@ impl Server {
             }
             Err(err) => return Err(err),
         }
-        Ok(Self { engine, config })
+        let writer = Arc::new(Writer::new(Arc::clone(&engine), config.writes.clone()));
+        Ok(Self {
+            engine,
+            writer,
+            config,
+        })
     }
 }
 
@@ -105,7 +120,9 @@ async fn prepare(engine: &QueryEngine, config: &Config, progress: &demo::Progres
             tracing::info!(?summary, "demo data loaded");
         }
     }
+    changelog::install(engine.store()).await?;
     engine.refresh_catalog().await?;
+    changelog::capture_tables(engine.store(), &engine.catalog()).await?;
     Ok(())
 }
 
@@ -154,14 +171,26 @@ fn no_delay(
 pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationToken) -> Result<()> {
     let config = &server.config;
     let flight =
-        QuiverFlightSqlService::new(Arc::clone(&server.engine), config.max_flight_data_size);
+        QuiverFlightSqlService::new(Arc::clone(&server.writer), config.max_flight_data_size);
     let flight = FlightServiceServer::new(flight)
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+    let mutations = MutationsServer::new(MutationService::new(Arc::clone(&server.writer)))
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<FlightServiceServer<QuiverFlightSqlService>>()
         .await;
+    health_reporter
+        .set_serving::<MutationsServer<MutationService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|err| Error::Internal(format!("cannot build the reflection service: {err}")))?;
+    tokio::spawn(Arc::clone(&server.writer).maintain(shutdown.clone()));
 
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
@@ -170,7 +199,9 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(flight)
+        .add_service(mutations)
         .serve_with_incoming_shutdown(no_delay(listeners.grpc), async move {
             grpc_shutdown.cancelled().await;
         });

@@ -389,6 +389,53 @@ impl Transaction {
         self.execute_script(&sql).await
     }
 
+    /// Installs change capture on the tables DDL in this transaction created or
+    /// altered, as this transaction sees them, so rows written later in the same
+    /// transaction are logged too.
+    pub async fn capture_new_tables(&mut self) -> Result<()> {
+        match &mut self.connection {
+            Connection_::Sqlite(_) => {
+                self.sqlite(|conn| {
+                    let mut script = String::new();
+                    for table in sqlite_base_tables(conn)? {
+                        script.push_str(&crate::changelog::triggers_sql(Dialect::Sqlite, &table));
+                    }
+                    Ok(conn.execute_batch(&script)?)
+                })
+                .await
+            }
+            Connection_::Postgres(lease) => {
+                let uncaptured = lease
+                    .prepare(
+                        "SELECT n.nspname::text, c.relname::text,
+                                coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                                          FROM pg_index i
+                                          CROSS JOIN unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                          WHERE i.indrelid = c.oid AND i.indisprimary), '{}')
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE c.relkind IN ('r', 'p')
+                           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                           AND n.nspname NOT LIKE 'pg\\_%'
+                           AND c.relname NOT LIKE '\\_quiver\\_%'
+                           AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                           WHERE t.tgrelid = c.oid AND t.tgname = '_quiver_capture_insert')",
+                    )
+                    .await?;
+                let rows = lease.client().query(&uncaptured, &[]).await?;
+                let mut script = String::new();
+                for row in rows {
+                    let table = bare_table(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                    script.push_str(&crate::changelog::triggers_sql(Dialect::Postgres, &table));
+                }
+                if !script.is_empty() {
+                    lease.client().batch_execute(&script).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Commits: takes the next version when anything changed, records the commit, the
     /// per-table versions and the idempotency answer, all in this transaction.
     pub async fn commit(mut self, options: CommitOptions) -> Result<CommitOutcome> {
@@ -422,6 +469,66 @@ impl Transaction {
             Connection_::Postgres(lease) => Ok(lease.client().batch_execute("ROLLBACK").await?),
         }
     }
+}
+
+/// A table known only by name, columns and primary key (enough for capture triggers).
+fn bare_table(schema: String, name: String, primary_key: Vec<String>) -> crate::TableInfo {
+    crate::TableInfo {
+        schema,
+        name,
+        kind: crate::TableKind::Table,
+        columns: Vec::new(),
+        primary_key,
+        foreign_keys: Vec::new(),
+        indexes: Vec::new(),
+        estimated_rows: None,
+        range_key: None,
+    }
+}
+
+/// The base tables of a SQLite database as `conn` sees them (uncommitted DDL included).
+fn sqlite_base_tables(conn: &Connection) -> Result<Vec<crate::TableInfo>> {
+    let names: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table'
+             AND name NOT LIKE '\\_quiver\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut tables = Vec::with_capacity(names.len());
+    for name in names {
+        let mut columns = Vec::new();
+        let mut keys: Vec<(i64, String)> = Vec::new();
+        let mut info = conn.prepare(&format!(
+            "PRAGMA main.table_info({})",
+            Dialect::Sqlite.quote_identifier(&name)
+        ))?;
+        let mut rows = info.query([])?;
+        while let Some(row) = rows.next()? {
+            let column: String = row.get(1)?;
+            let key: i64 = row.get(5)?;
+            if key > 0 {
+                keys.push((key, column.clone()));
+            }
+            columns.push(crate::ColumnInfo {
+                name: column,
+                declared_type: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                data_type: arrow::datatypes::DataType::Utf8,
+                nullable: true,
+                default: None,
+                read_as_text: false,
+            });
+        }
+        keys.sort();
+        let mut table = bare_table(
+            crate::sqlite::SQLITE_SCHEMA.to_owned(),
+            name,
+            keys.into_iter().map(|(_, name)| name).collect(),
+        );
+        table.columns = columns;
+        tables.push(table);
+    }
+    Ok(tables)
 }
 
 fn sqlite_commit(

@@ -1,11 +1,13 @@
 //! Stateless statement handles.
 //!
-//! A handle carries everything needed to run its statement — the SQL text and the
-//! bound parameter values — so any replica can serve it and the server keeps no
-//! per-handle state. Layout (little endian):
+//! A handle carries everything needed to run its statement — the SQL text, the
+//! bound parameter values and the transaction it was prepared in — so any replica can
+//! serve it (a transaction itself lives on the replica that began it) and the server
+//! keeps no per-handle state. Layout (little endian):
 //!
 //! ```text
-//! "QVH1" | u32 sql length | sql (UTF-8) | u32 params length | params (Arrow IPC stream) | u32 FNV-1a of all before
+//! "QVH2" | u32 sql length | sql (UTF-8) | u32 params length | params (Arrow IPC stream)
+//!        | u32 transaction id length | transaction id | u32 FNV-1a of all before
 //! ```
 //!
 //! The checksum turns a truncated or corrupted handle into a clean `INVALID_ARGUMENT`.
@@ -19,7 +21,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 4] = b"QVH1";
+const MAGIC: &[u8; 4] = b"QVH2";
 
 /// A statement and its bound parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +30,8 @@ pub struct StatementHandle {
     pub sql: String,
     /// Parameter rows bound with DoPut, if any.
     pub params: Option<RecordBatch>,
+    /// The Flight SQL transaction the statement was prepared in, if any.
+    pub transaction_id: Option<Bytes>,
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
@@ -56,7 +60,14 @@ impl StatementHandle {
         Self {
             sql: sql.into(),
             params: None,
+            transaction_id: None,
         }
+    }
+
+    /// The same handle, prepared inside `transaction_id`.
+    pub fn in_transaction(mut self, transaction_id: Option<Bytes>) -> Self {
+        self.transaction_id = transaction_id.filter(|id| !id.is_empty());
+        self
     }
 
     /// Serializes the handle.
@@ -76,12 +87,17 @@ impl StatementHandle {
             |what: &str| Error::InvalidRequest(format!("{what} too large for a statement handle"));
         let sql_len = u32::try_from(self.sql.len()).map_err(|_| too_big("SQL text"))?;
         let params_len = u32::try_from(params.len()).map_err(|_| too_big("parameters"))?;
-        let mut out = Vec::with_capacity(16 + self.sql.len() + params.len());
+        let transaction = self.transaction_id.as_deref().unwrap_or_default();
+        let transaction_len =
+            u32::try_from(transaction.len()).map_err(|_| too_big("transaction id"))?;
+        let mut out = Vec::with_capacity(20 + self.sql.len() + params.len() + transaction.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&sql_len.to_le_bytes());
         out.extend_from_slice(self.sql.as_bytes());
         out.extend_from_slice(&params_len.to_le_bytes());
         out.extend_from_slice(&params);
+        out.extend_from_slice(&transaction_len.to_le_bytes());
+        out.extend_from_slice(transaction);
         let checksum = fnv1a(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
         Ok(Bytes::from(out))
@@ -89,7 +105,7 @@ impl StatementHandle {
 
     /// Parses a handle this server (or another replica) issued.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() < MAGIC.len() + 12 || &bytes[..4] != MAGIC {
+        if bytes.len() < MAGIC.len() + 16 || &bytes[..4] != MAGIC {
             return Err(Error::InvalidHandle(
                 "not a Quiver statement handle".to_owned(),
             ));
@@ -109,6 +125,9 @@ impl StatementHandle {
             .to_owned();
         let params_len = take_u32(&mut input, "parameter length")?;
         let params_bytes = take(&mut input, params_len, "parameters")?;
+        let transaction_len = take_u32(&mut input, "transaction id length")?;
+        let transaction = take(&mut input, transaction_len, "transaction id")?;
+        let transaction_id = (!transaction.is_empty()).then(|| Bytes::copy_from_slice(transaction));
         if !input.is_empty() {
             return Err(Error::InvalidHandle("trailing bytes".to_owned()));
         }
@@ -123,7 +142,11 @@ impl StatementHandle {
                 .map_err(|err| Error::InvalidHandle(format!("parameters: {err}")))?;
             Some(arrow::compute::concat_batches(&schema, &batches)?)
         };
-        Ok(Self { sql, params })
+        Ok(Self {
+            sql,
+            params,
+            transaction_id,
+        })
     }
 }
 
@@ -143,6 +166,7 @@ mod tests {
         StatementHandle {
             sql: "SELECT * FROM tasks WHERE id = ?".to_owned(),
             params: Some(batch),
+            transaction_id: Some(Bytes::from_static(b"tx-1")),
         }
     }
 

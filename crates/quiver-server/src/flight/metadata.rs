@@ -28,21 +28,21 @@ pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     builder.append(SqlInfo::FlightSqlServerName, "Quiver");
     builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
     builder.append(SqlInfo::FlightSqlServerArrowVersion, "1.5");
-    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
+    builder.append(SqlInfo::FlightSqlServerReadOnly, false);
     builder.append(SqlInfo::FlightSqlServerSql, true);
     builder.append(SqlInfo::FlightSqlServerSubstrait, false);
     builder.append(
         SqlInfo::FlightSqlServerTransaction,
-        SqlSupportedTransaction::None as i32,
+        SqlSupportedTransaction::Transaction as i32,
     );
     builder.append(SqlInfo::FlightSqlServerCancel, false);
-    builder.append(SqlInfo::FlightSqlServerBulkIngestion, false);
-    builder.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
+    builder.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+    builder.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, true);
     builder.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
     builder.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
     builder.append(SqlInfo::SqlDdlCatalog, false);
     builder.append(SqlInfo::SqlDdlSchema, false);
-    builder.append(SqlInfo::SqlDdlTable, false);
+    builder.append(SqlInfo::SqlDdlTable, true);
     builder.append(
         SqlInfo::SqlIdentifierCase,
         SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
@@ -76,7 +76,7 @@ pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     builder.append(SqlInfo::SqlCorrelatedSubqueriesSupported, true);
     // Bit mask: UNION, UNION ALL.
     builder.append(SqlInfo::SqlSupportedUnions, 0b11i32);
-    builder.append(SqlInfo::SqlTransactionsSupported, false);
+    builder.append(SqlInfo::SqlTransactionsSupported, true);
     builder.append(SqlInfo::SqlBatchUpdatesSupported, false);
     builder.append(SqlInfo::SqlSavepointsSupported, false);
     builder.append(SqlInfo::SqlNamedParametersSupported, false);
