@@ -395,12 +395,15 @@ def test_commit_versions_strictly_grow(mutations, store):
     versions = [clock(store)]
     new_id = insert_one(mutations, store, "GRPC-VERSIONS")
     versions.append(clock(store))
-    for response in [
-        mutations.update("tasks", mutations.keys([{"id": new_id}]), {"priority": 1}),
-        mutations.update("tasks", mutations.keys([{"id": new_id}]), {"priority": 2}),
-        mutations.upsert("tasks", [dict(task("GRPC-VERSIONS", some_feature(store)), id=new_id)]),
-        mutations.delete("tasks", mutations.keys([{"id": new_id}])),
-    ]:
+    feature = some_feature(store)
+    calls = [
+        lambda: mutations.update("tasks", mutations.keys([{"id": new_id}]), {"priority": 1}),
+        lambda: mutations.update("tasks", mutations.keys([{"id": new_id}]), {"priority": 2}),
+        lambda: mutations.upsert("tasks", [dict(task("GRPC-VERSIONS", feature), id=new_id)]),
+        lambda: mutations.delete("tasks", mutations.keys([{"id": new_id}])),
+    ]
+    for call in calls:
+        response = call()
         assert response.affected_rows == 1
         assert response.commit_version == clock(store)
         versions.append(response.commit_version)
