@@ -9,11 +9,17 @@
 //!   beside opening a fresh connection, on SQLite and PostgreSQL.
 //! - `quiver-bench queries`: the demo's typical queries through Quiver beside the
 //!   same SQL run on the store directly (rusqlite, tokio-postgres).
+//! - `quiver-bench mutations`: the write path — Mutations API latencies (single
+//!   insert, update by key, batch of 100, cascade delete of 1,000 tasks) and the
+//!   progress aggregation, p50/p95/p99 per backend; bulk ingest rows/s through
+//!   `Mutations.Insert` (Arrow IPC) beside the store's own bulk path (rusqlite, COPY)
+//!   and, optionally, ADBC from Python.
 //!
 //! Build with `cargo build --release -p quiver-server -p quiver-bench`; see
 //! `docs/performance.md` for the full procedure, including the Python clients.
 
 mod e2e;
+mod mutations;
 mod pool;
 mod queries;
 mod server;
@@ -83,6 +89,25 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         runs: usize,
     },
+    /// Write-path latencies and bulk ingest through the Mutations API, per backend.
+    Mutations {
+        /// Also measure PostgreSQL, in a database created (and dropped) on this server.
+        #[arg(long, env = "QUIVER_TEST_POSTGRES_URL")]
+        postgres: Option<String>,
+        /// Demo size, in tasks (at least 3000: the progress query reads epic 3).
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Samples per latency measure (after warm-up); the cascade delete takes
+        /// between 10 and 20 of them.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Rows per bulk ingest path.
+        #[arg(long, default_value_t = 200_000)]
+        ingest_rows: usize,
+        /// Also ingest with ADBC from Python (benches/python/ingest.py) with this interpreter.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -109,6 +134,22 @@ async fn main() -> Result<()> {
             tasks,
             runs,
         } => queries::run(&binary, &cli.data_dir, postgres.as_deref(), tasks, runs).await,
+        Command::Mutations {
+            postgres,
+            tasks,
+            runs,
+            ingest_rows,
+            python,
+        } => {
+            let options = mutations::Options {
+                postgres,
+                tasks,
+                runs,
+                ingest_rows,
+                python,
+            };
+            mutations::run(&binary, &cli.data_dir, &options).await
+        }
     }
 }
 

@@ -233,9 +233,12 @@ async fn read_put_stream(
     request: Request<PeekableFlightDataStream>,
     what: &str,
 ) -> Result<(Option<arrow::datatypes::SchemaRef>, Vec<RecordBatch>), Status> {
-    let mut stream = FlightRecordBatchStream::new_from_flight_data(
-        request.into_inner().map_err(FlightError::from),
-    );
+    // A descriptor-only message (no Arrow header) carries no data: skip it.
+    let messages = request
+        .into_inner()
+        .try_filter(|message| std::future::ready(!message.data_header.is_empty()))
+        .map_err(FlightError::from);
+    let mut stream = FlightRecordBatchStream::new_from_flight_data(messages);
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
         batches.push(
@@ -405,8 +408,12 @@ impl FlightSqlService for QuiverFlightSqlService {
         command: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        // Read the stream to its end even though a plain update carries no data.
-        read_put_stream(request, "update data").await?;
+        // Read the stream to its end even though a plain update carries no data (only
+        // the descriptor, which is not an Arrow message).
+        let mut stream = request.into_inner();
+        while let Some(message) = stream.next().await {
+            message?;
+        }
         let changed = self
             .writer
             .execute_update(

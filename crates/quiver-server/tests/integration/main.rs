@@ -8,3 +8,4 @@ mod errors;
 mod flight_sql;
 mod http;
 mod metadata;
+mod writes;
