@@ -409,7 +409,10 @@ fn feature_row(epic_id: i64, sample: usize, index: usize, now: i64) -> pb::Row {
     row([
         ("epic_id", int(epic_id)),
         ("key", text(format!("BENCH-FEAT-{sample:05}-{index:02}"))),
-        ("title", text(format!("Benchmark feature {index} of epic {sample}"))),
+        (
+            "title",
+            text(format!("Benchmark feature {index} of epic {sample}")),
+        ),
         ("status", text("planned")),
         ("priority", int(3)),
         ("created_at", timestamp(now)),
@@ -463,11 +466,7 @@ fn events_batch(rows: usize) -> Result<RecordBatch> {
         Field::new("id", DataType::Int64, false),
         Field::new("name", DataType::Utf8, true),
         Field::new("score", DataType::Float64, true),
-        Field::new(
-            "at",
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-            true,
-        ),
+        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), true),
     ]));
     let ids = 1..=rows as i64;
     let columns: Vec<ArrayRef> = vec![
@@ -636,7 +635,7 @@ async fn batch_insert(
     .await
 }
 
-/// 4. Delete of one epic by primary key, cascading to its 10 features and 1,000
+/// Measure 4: the delete of one epic by primary key, cascading to its 10 features and 1,000
 /// tasks. Returns the latencies and the rows the last delete removed.
 async fn cascade_delete(
     what: &str,
@@ -733,7 +732,7 @@ async fn progress_aggregation(
     .await
 }
 
-/// 6. Bulk ingest: Quiver's Mutations API, the store's own bulk path, and (with
+/// Measure 6, bulk ingest: Quiver's Mutations API, the store's own bulk path, and (with
 /// `python`) ADBC.
 async fn bulk_ingest(
     backend: &str,
@@ -755,7 +754,9 @@ async fn bulk_ingest(
         .await
         .context("create bench_events through Flight SQL")?;
     direct
-        .execute(&format!("CREATE TABLE bench_events_direct {EVENTS_COLUMNS}"))
+        .execute(&format!(
+            "CREATE TABLE bench_events_direct {EVENTS_COLUMNS}"
+        ))
         .await?;
 
     eprintln!(
@@ -836,7 +837,9 @@ async fn python_ingest(python: &Path, grpc_addr: &str, rows: usize) -> Result<Du
         .context("python ingest printed nothing")?;
     let result: serde_json::Value =
         serde_json::from_str(line).with_context(|| format!("python ingest printed {line}"))?;
-    let got = result["rows"].as_u64().context("no 'rows' in the python result")?;
+    let got = result["rows"]
+        .as_u64()
+        .context("no 'rows' in the python result")?;
     ensure!(got == rows as u64, "python ingested {got} of {rows} rows");
     let seconds = result["seconds"]
         .as_f64()
@@ -879,13 +882,7 @@ async fn measure(
     )
     .await?;
     eprintln!("[{backend} 3/6] batch insert of {BATCH_ROWS}");
-    let batch = batch_insert(
-        &format!("{backend} batch insert"),
-        &mutations,
-        warmup,
-        runs,
-    )
-    .await?;
+    let batch = batch_insert(&format!("{backend} batch insert"), &mutations, warmup, runs).await?;
     eprintln!("[{backend} 4/6] cascade delete of {CASCADE_TASKS} tasks");
     let (cascade, cascade_removed) = cascade_delete(
         &format!("{backend} cascade delete"),
@@ -902,7 +899,10 @@ async fn measure(
         runs,
     )
     .await?;
-    eprintln!("[{backend} 6/6] bulk ingest of {} rows", options.ingest_rows);
+    eprintln!(
+        "[{backend} 6/6] bulk ingest of {} rows",
+        options.ingest_rows
+    );
     let ingest = bulk_ingest(
         backend,
         channel,

@@ -279,7 +279,8 @@ impl Config {
         if self.writes.max_rows == 0 {
             return fail("max_mutation_rows must be at least 1".to_owned());
         }
-        if self.writes.max_request_bytes == 0 || self.writes.max_request_bytes > self.max_message_size
+        if self.writes.max_request_bytes == 0
+            || self.writes.max_request_bytes > self.max_message_size
         {
             return fail(format!(
                 "max_mutation_size_mb must be between 1 and max_message_size_mb ({})",

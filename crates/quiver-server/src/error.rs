@@ -194,9 +194,7 @@ pub fn storage_code(err: &quiver_storage::Error) -> Code {
         | S::PoolTimeout { .. }
         | S::WriterBusy(_)
         | S::Unavailable(_)
-        | S::Io(_) => {
-            Code::Unavailable
-        }
+        | S::Io(_) => Code::Unavailable,
         S::Postgres(_) => postgres_code(err),
         S::TableNotFound(_) => Code::NotFound,
         S::Conversion { .. } => Code::FailedPrecondition,

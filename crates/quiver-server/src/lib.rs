@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use axum::serve::ListenerExt;
-use quiver_query::QueryEngine;
 use quiver_proto::v1::mutations_server::MutationsServer;
+use quiver_query::QueryEngine;
 use quiver_storage::{Store, changelog, demo};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;

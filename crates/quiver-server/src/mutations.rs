@@ -57,6 +57,9 @@ enum Execution {
     },
 }
 
+/// Rows naming the same columns: the column names, then each row's values.
+type RowRun = (Vec<String>, Vec<Vec<Value>>);
+
 /// One validated operation, ready to run.
 #[derive(Debug)]
 struct Planned {
@@ -111,7 +114,10 @@ fn is_decimal_text(text: &str) -> bool {
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     !(whole.is_empty() && fraction.is_empty())
-        && whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
 }
 
 /// Converts a protobuf value for `column`, or explains why it does not fit.
@@ -211,9 +217,10 @@ fn proto_value(column: &ColumnInfo, value: Value) -> pb::Value {
             Some(days) => Kind::DateDays(days),
             None => Kind::String(v),
         },
-        (Value::Text(v) | Value::Decimal(v), DataType::Decimal128(..) | DataType::Decimal256(..)) => {
-            Kind::Decimal(v)
-        }
+        (
+            Value::Text(v) | Value::Decimal(v),
+            DataType::Decimal128(..) | DataType::Decimal256(..),
+        ) => Kind::Decimal(v),
         (Value::Text(v) | Value::Decimal(v), _) => Kind::String(v),
         (Value::Blob(v), _) => Kind::Bytes(v),
         (Value::Date(v), _) => Kind::DateDays(v),
@@ -357,11 +364,8 @@ impl MutationService {
 
     /// Typed rows grouped into runs of rows naming the same columns, each run one
     /// statement.
-    fn typed_rows(
-        table: &TableInfo,
-        rows: &[pb::Row],
-    ) -> Result<Vec<(Vec<String>, Vec<Vec<Value>>)>> {
-        let mut runs: Vec<(Vec<String>, Vec<Vec<Value>>)> = Vec::new();
+    fn typed_rows(table: &TableInfo, rows: &[pb::Row]) -> Result<Vec<RowRun>> {
+        let mut runs: Vec<RowRun> = Vec::new();
         for (index, row) in rows.iter().enumerate() {
             let columns: Vec<String> = row.values.keys().cloned().collect();
             let values = row
@@ -411,7 +415,12 @@ impl MutationService {
         rows.as_ref().map_or(0, |r| r.rows.len())
     }
 
-    fn plan_insert(&self, request: &InsertRequest, upsert: bool, dialect: Dialect) -> Result<Planned> {
+    fn plan_insert(
+        &self,
+        request: &InsertRequest,
+        upsert: bool,
+        dialect: Dialect,
+    ) -> Result<Planned> {
         let table = self.resolve_table(&request.table)?;
         let statements = Statements {
             table: &table,
@@ -705,7 +714,8 @@ impl MutationService {
             // The same key committed concurrently (PostgreSQL): this attempt rolled
             // back; answer with the one that won.
             Err(err)
-                if plan.idempotency_key.is_some() && err.sqlstate() == Some("23505")
+                if plan.idempotency_key.is_some()
+                    && err.sqlstate() == Some("23505")
                     && err.to_string().contains("_quiver_idempotency") =>
             {
                 let key = plan.idempotency_key.as_deref().expect("checked above");
@@ -836,7 +846,10 @@ fn shift_placeholders(sql: &str, dialect: Dialect, offset: usize) -> String {
     out
 }
 
-async fn run_operations(tx: &mut Transaction, operations: &[Planned]) -> Result<Vec<OperationResult>> {
+async fn run_operations(
+    tx: &mut Transaction,
+    operations: &[Planned],
+) -> Result<Vec<OperationResult>> {
     let mut results = Vec::with_capacity(operations.len());
     for planned in operations {
         let key_columns: Vec<&ColumnInfo> = planned
@@ -856,15 +869,19 @@ async fn run_operations(tx: &mut Transaction, operations: &[Planned]) -> Result<
                     let (changed, returned) = tx.run_many(sql, rows.clone()).await?;
                     result.affected_rows += changed;
                     if *returns_keys {
-                        result.generated_keys.extend(returned.into_iter().map(|row| pb::Row {
-                            values: key_columns
-                                .iter()
-                                .zip(row)
-                                .map(|(column, value)| {
-                                    (column.name.clone(), proto_value(column, value))
-                                })
-                                .collect::<BTreeMap<_, _>>(),
-                        }));
+                        result
+                            .generated_keys
+                            .extend(returned.into_iter().map(|row| {
+                                pb::Row {
+                                    values: key_columns
+                                        .iter()
+                                        .zip(row)
+                                        .map(|(column, value)| {
+                                            (column.name.clone(), proto_value(column, value))
+                                        })
+                                        .collect::<BTreeMap<_, _>>(),
+                                }
+                            }));
                     }
                 }
                 Execution::Bulk {

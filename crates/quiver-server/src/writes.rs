@@ -228,22 +228,18 @@ impl Writer {
             .collect::<quiver_storage::Result<Vec<_>>>()?
             .concat();
         let ddl = !steps.is_empty();
-        self.in_transaction(
-            command.transaction_id.as_ref(),
-            ddl,
-            async move |tx| {
-                for step in &steps {
-                    tx.execute_script(step).await?;
-                }
-                if replaced {
-                    tx.log_table_event(&log_name, "truncate").await?;
-                }
-                if ddl {
-                    tx.capture_new_tables().await?;
-                }
-                tx.bulk_insert(&schema_name, &table, &columns, rows).await
-            },
-        )
+        self.in_transaction(command.transaction_id.as_ref(), ddl, async move |tx| {
+            for step in &steps {
+                tx.execute_script(step).await?;
+            }
+            if replaced {
+                tx.log_table_event(&log_name, "truncate").await?;
+            }
+            if ddl {
+                tx.capture_new_tables().await?;
+            }
+            tx.bulk_insert(&schema_name, &table, &columns, rows).await
+        })
         .await
     }
 
@@ -378,10 +374,10 @@ impl Writer {
         };
         for (id, slot) in &idle {
             let mut open = slot.state.lock().await;
-            if let Some(tx) = open.transaction.take() {
-                if let Err(err) = tx.rollback().await {
-                    tracing::warn!(error = %err, "cannot roll back an idle transaction");
-                }
+            if let Some(tx) = open.transaction.take()
+                && let Err(err) = tx.rollback().await
+            {
+                tracing::warn!(error = %err, "cannot roll back an idle transaction");
             }
             tracing::info!(transaction = %String::from_utf8_lossy(id), ?timeout, "idle transaction rolled back");
         }
@@ -405,10 +401,10 @@ impl Writer {
             }
             self.reap_idle_transactions().await;
             seconds += 1;
-            if seconds % 60 == 0 {
-                if let Err(err) = self.prune().await {
-                    tracing::warn!(error = %err, "cannot prune the change log");
-                }
+            if seconds.is_multiple_of(60)
+                && let Err(err) = self.prune().await
+            {
+                tracing::warn!(error = %err, "cannot prune the change log");
             }
         }
     }
@@ -448,10 +444,10 @@ fn create_table_sql(target: &str, schema: &Schema, dialect: Dialect) -> Result<S
         .iter()
         .map(|field| {
             let declared = match dialect {
-                Dialect::Sqlite => quiver_storage::sqlite::types::declared_type_for_arrow(
-                    field.data_type(),
-                )
-                .map(str::to_owned),
+                Dialect::Sqlite => {
+                    quiver_storage::sqlite::types::declared_type_for_arrow(field.data_type())
+                        .map(str::to_owned)
+                }
                 Dialect::Postgres => {
                     quiver_storage::postgres::types::declared_type_for(field.data_type())
                 }

@@ -223,7 +223,8 @@ pub async fn capture_tables(store: &Store, catalog: &Catalog) -> Result<()> {
             script
         }
         Dialect::Postgres => {
-            let mut script = format!("BEGIN; SELECT pg_advisory_xact_lock({POSTGRES_INSTALL_LOCK});");
+            let mut script =
+                format!("BEGIN; SELECT pg_advisory_xact_lock({POSTGRES_INSTALL_LOCK});");
             for table in tables {
                 script.push_str(&postgres_triggers(table));
             }
@@ -468,8 +469,11 @@ impl Store {
         let deleted = self
             .execute(commits, vec![crate::Value::Int(before_micros)])
             .await?;
-        self.execute(idempotency, vec![crate::Value::Int(idempotency_before_micros)])
-            .await?;
+        self.execute(
+            idempotency,
+            vec![crate::Value::Int(idempotency_before_micros)],
+        )
+        .await?;
         Ok(deleted)
     }
 

@@ -38,9 +38,11 @@ pub mod value;
 pub use catalog::{
     Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
 };
+pub use changelog::Change;
 pub use error::{Error, Result};
 pub use pool::{PoolOptions, PoolStatus, WaitHistogram};
 pub use store::{BatchStream, Dialect, Store, StoreLocation, StoreOptions};
-pub use changelog::Change;
-pub use transaction::{CommitOptions, CommitOutcome, IdempotencyRecord, StoredResponse, Transaction};
+pub use transaction::{
+    CommitOptions, CommitOutcome, IdempotencyRecord, StoredResponse, Transaction,
+};
 pub use value::Value;

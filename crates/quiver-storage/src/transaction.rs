@@ -63,22 +63,23 @@ pub struct StoredResponse {
     pub response: Vec<u8>,
 }
 
-enum Connection_ {
+/// The connection a transaction holds.
+enum Held {
     Sqlite(Option<OwnedMutexGuard<Connection>>),
-    Postgres(Lease<PgManager>),
+    Postgres(Box<Lease<PgManager>>),
 }
 
 /// An open write transaction.
 pub struct Transaction {
-    connection: Connection_,
+    connection: Held,
     finished: bool,
 }
 
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backend = match self.connection {
-            Connection_::Sqlite(_) => "sqlite",
-            Connection_::Postgres(_) => "postgresql",
+            Held::Sqlite(_) => "sqlite",
+            Held::Postgres(_) => "postgresql",
         };
         f.debug_struct("Transaction")
             .field("backend", &backend)
@@ -168,7 +169,7 @@ impl Store {
                 .await
                 .map_err(|_| Error::WriterBusy(timeout))?;
             let mut transaction = Transaction {
-                connection: Connection_::Sqlite(Some(guard)),
+                connection: Held::Sqlite(Some(guard)),
                 finished: false,
             };
             transaction
@@ -192,12 +193,10 @@ impl Store {
         let mut lease = store.connection().await?;
         lease
             .client()
-            .batch_execute(
-                "BEGIN; SET LOCAL quiver.capture = 'on'; SET LOCAL TimeZone = 'UTC';",
-            )
+            .batch_execute("BEGIN; SET LOCAL quiver.capture = 'on'; SET LOCAL TimeZone = 'UTC';")
             .await?;
         Ok(Transaction {
-            connection: Connection_::Postgres(lease),
+            connection: Held::Postgres(Box::new(lease)),
             finished: false,
         })
     }
@@ -207,8 +206,8 @@ impl Transaction {
     /// The SQL dialect of the connection.
     pub fn dialect(&self) -> Dialect {
         match self.connection {
-            Connection_::Sqlite(_) => Dialect::Sqlite,
-            Connection_::Postgres(_) => Dialect::Postgres,
+            Held::Sqlite(_) => Dialect::Sqlite,
+            Held::Postgres(_) => Dialect::Postgres,
         }
     }
 
@@ -218,7 +217,7 @@ impl Transaction {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let Connection_::Sqlite(slot) = &mut self.connection else {
+        let Held::Sqlite(slot) = &mut self.connection else {
             return Err(Error::Internal("not a SQLite transaction".to_owned()));
         };
         let mut guard = slot
@@ -243,11 +242,11 @@ impl Transaction {
     /// Executes `;`-separated statements without parameters (DDL).
     pub async fn execute_script(&mut self, sql: &str) -> Result<()> {
         match &mut self.connection {
-            Connection_::Sqlite(_) => {
+            Held::Sqlite(_) => {
                 let sql = sql.to_owned();
                 self.sqlite(move |conn| Ok(conn.execute_batch(&sql)?)).await
             }
-            Connection_::Postgres(lease) => Ok(lease.client().batch_execute(sql).await?),
+            Held::Postgres(lease) => Ok(lease.client().batch_execute(sql).await?),
         }
     }
 
@@ -260,12 +259,12 @@ impl Transaction {
         rows: Vec<Vec<Value>>,
     ) -> Result<(u64, Vec<Vec<Value>>)> {
         match &mut self.connection {
-            Connection_::Sqlite(_) => {
+            Held::Sqlite(_) => {
                 let sql = sql.to_owned();
                 self.sqlite(move |conn| sqlite_run_many(conn, &sql, &rows))
                     .await
             }
-            Connection_::Postgres(lease) => {
+            Held::Postgres(lease) => {
                 let statement = lease.prepare(sql).await?;
                 let client = lease.client();
                 let returns_rows = !statement.columns().is_empty();
@@ -319,7 +318,7 @@ impl Transaction {
             .collect();
         let column_list = column_list.join(", ");
         match &mut self.connection {
-            Connection_::Sqlite(_) => {
+            Held::Sqlite(_) => {
                 let placeholders: Vec<String> =
                     (1..=columns.len()).map(|i| format!("?{i}")).collect();
                 let sql = format!(
@@ -329,7 +328,7 @@ impl Transaction {
                 let (changed, _) = self.run_many(&sql, rows).await?;
                 Ok(changed)
             }
-            Connection_::Postgres(lease) => {
+            Held::Postgres(lease) => {
                 let statement = format!("COPY {target} ({column_list}) FROM STDIN");
                 let chunks = crate::postgres::copy_chunks(&rows);
                 crate::postgres::PostgresStore::copy_in(lease.client(), &statement, chunks).await
@@ -394,7 +393,7 @@ impl Transaction {
     /// transaction are logged too.
     pub async fn capture_new_tables(&mut self) -> Result<()> {
         match &mut self.connection {
-            Connection_::Sqlite(_) => {
+            Held::Sqlite(_) => {
                 self.sqlite(|conn| {
                     let mut script = String::new();
                     for table in sqlite_base_tables(conn)? {
@@ -404,7 +403,7 @@ impl Transaction {
                 })
                 .await
             }
-            Connection_::Postgres(lease) => {
+            Held::Postgres(lease) => {
                 let uncaptured = lease
                     .prepare(
                         "SELECT n.nspname::text, c.relname::text,
@@ -441,13 +440,11 @@ impl Transaction {
     pub async fn commit(mut self, options: CommitOptions) -> Result<CommitOutcome> {
         let committed_at = now_micros();
         let outcome = match &mut self.connection {
-            Connection_::Sqlite(_) => {
+            Held::Sqlite(_) => {
                 self.sqlite(move |conn| sqlite_commit(conn, committed_at, options))
                     .await?
             }
-            Connection_::Postgres(lease) => {
-                postgres_commit(lease, committed_at, options).await?
-            }
+            Held::Postgres(lease) => postgres_commit(lease, committed_at, options).await?,
         };
         self.finished = true;
         Ok(outcome)
@@ -457,7 +454,7 @@ impl Transaction {
     pub async fn rollback(mut self) -> Result<()> {
         self.finished = true;
         match &mut self.connection {
-            Connection_::Sqlite(_) => {
+            Held::Sqlite(_) => {
                 self.sqlite(|conn| {
                     if !conn.is_autocommit() {
                         conn.execute_batch("ROLLBACK")?;
@@ -466,7 +463,7 @@ impl Transaction {
                 })
                 .await
             }
-            Connection_::Postgres(lease) => Ok(lease.client().batch_execute("ROLLBACK").await?),
+            Held::Postgres(lease) => Ok(lease.client().batch_execute("ROLLBACK").await?),
         }
     }
 }
@@ -619,8 +616,7 @@ async fn postgres_commit(
         let client = lease.client();
         let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&version, &committed_at, &changes, &options.trace_context];
-        let versions_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&tables, &version];
+        let versions_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tables, &version];
         futures::try_join!(
             client.execute(&record, &record_params),
             client.execute(&versions, &versions_params),
@@ -662,7 +658,7 @@ impl Drop for Transaction {
             return;
         }
         match &mut self.connection {
-            Connection_::Sqlite(slot) => {
+            Held::Sqlite(slot) => {
                 if let Some(guard) = slot.take() {
                     // Rolled back off the async threads; the writer stays locked until then.
                     let rollback = move || {
@@ -678,7 +674,7 @@ impl Drop for Transaction {
                     }
                 }
             }
-            Connection_::Postgres(lease) => {
+            Held::Postgres(lease) => {
                 // The connection is inside a transaction: never hand it out as it is.
                 lease.retire = true;
             }

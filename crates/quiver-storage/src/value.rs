@@ -6,8 +6,8 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type,
     Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
-    UInt16Type, UInt32Type, UInt64Type,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
 };
 
 use crate::error::{Error, Result};
@@ -79,9 +79,7 @@ pub fn value_at(column: &ArrayRef, row: usize, column_name: &str) -> Result<Valu
                 .map(Value::Int)
                 .unwrap_or_else(|_| Value::Decimal(value.to_string()))
         }
-        DataType::Float16 => {
-            Value::Float(column.as_primitive::<Float16Type>().value(row).to_f64())
-        }
+        DataType::Float16 => Value::Float(column.as_primitive::<Float16Type>().value(row).to_f64()),
         DataType::Float32 => Value::Float(column.as_primitive::<Float32Type>().value(row).into()),
         DataType::Float64 => Value::Float(column.as_primitive::<Float64Type>().value(row)),
         DataType::Utf8 => Value::Text(column.as_string::<i32>().value(row).to_owned()),

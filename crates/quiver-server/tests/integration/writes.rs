@@ -170,9 +170,16 @@ async fn mutations_round_trip_with_growing_commit_versions(store_kind: TestStore
     let ids: Vec<i64> = inserted.generated_keys.iter().map(generated_id).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.iter().all(|id| *id > max_id), "{ids:?} after {max_id}");
-    assert_eq!(inserted.commit_version, store(&server).latest_version().await.unwrap());
     assert_eq!(
-        count(&server, "SELECT count(*) FROM epics WHERE key IN ('EPIC-G1', 'EPIC-G2')").await,
+        inserted.commit_version,
+        store(&server).latest_version().await.unwrap()
+    );
+    assert_eq!(
+        count(
+            &server,
+            "SELECT count(*) FROM epics WHERE key IN ('EPIC-G1', 'EPIC-G2')"
+        )
+        .await,
         2
     );
 
@@ -195,7 +202,11 @@ async fn mutations_round_trip_with_growing_commit_versions(store_kind: TestStore
     assert_eq!(updated.affected_rows as i64, blocked);
     assert!(updated.commit_version > inserted.commit_version);
     assert_eq!(
-        count(&server, "SELECT count(*) FROM tasks WHERE status = 'blocked' AND priority <= 2").await,
+        count(
+            &server,
+            "SELECT count(*) FROM tasks WHERE status = 'blocked' AND priority <= 2"
+        )
+        .await,
         0
     );
 
@@ -212,7 +223,10 @@ async fn mutations_round_trip_with_growing_commit_versions(store_kind: TestStore
         .into_inner();
     assert_eq!(deleted.affected_rows, 1);
     assert!(deleted.commit_version > updated.commit_version);
-    assert_eq!(count(&server, "SELECT count(*) FROM tasks WHERE feature_id = 2").await, 0);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM tasks WHERE feature_id = 2").await,
+        0
+    );
     let changes = store(&server)
         .changes_after(updated.commit_version, 100_000)
         .await
@@ -243,11 +257,22 @@ async fn mutations_round_trip_with_growing_commit_versions(store_kind: TestStore
         .into_inner();
     assert_eq!(upserted.affected_rows, 2);
     assert_eq!(
-        upserted.generated_keys.iter().map(generated_id).collect::<Vec<_>>(),
+        upserted
+            .generated_keys
+            .iter()
+            .map(generated_id)
+            .collect::<Vec<_>>(),
         vec![ids[0], ids[1] + 1000]
     );
     assert_eq!(
-        count(&server, &format!("SELECT count(*) FROM epics WHERE id = {} AND title = 'Renamed'", ids[0])).await,
+        count(
+            &server,
+            &format!(
+                "SELECT count(*) FROM epics WHERE id = {} AND title = 'Renamed'",
+                ids[0]
+            )
+        )
+        .await,
         1
     );
 }
@@ -267,14 +292,24 @@ async fn bad_mutations_get_precise_codes_and_change_nothing(store_kind: TestStor
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("row 2, column 'priority'"), "{}", err.message());
+    assert!(
+        err.message().contains("row 2, column 'priority'"),
+        "{}",
+        err.message()
+    );
 
-    let err = client.insert(insert("no_such_table", vec![epic("X")])).await.unwrap_err();
+    let err = client
+        .insert(insert("no_such_table", vec![epic("X")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     let mut unknown = epic("EPIC-UNKNOWN");
     unknown.values.insert("colour".into(), text("red"));
-    let err = client.insert(insert("epics", vec![unknown])).await.unwrap_err();
+    let err = client
+        .insert(insert("epics", vec![unknown]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("colour"), "{}", err.message());
 
@@ -287,7 +322,10 @@ async fn bad_mutations_get_precise_codes_and_change_nothing(store_kind: TestStor
 
     let mut bad_priority = epic("EPIC-CHECK");
     bad_priority.values.insert("priority".into(), int(9));
-    let err = client.insert(insert("epics", vec![bad_priority])).await.unwrap_err();
+    let err = client
+        .insert(insert("epics", vec![bad_priority]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     let err = client
@@ -300,7 +338,11 @@ async fn bad_mutations_get_precise_codes_and_change_nothing(store_kind: TestStor
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("invalid predicate"), "{}", err.message());
+    assert!(
+        err.message().contains("invalid predicate"),
+        "{}",
+        err.message()
+    );
 
     let err = client
         .delete(DeleteRequest {
@@ -314,7 +356,13 @@ async fn bad_mutations_get_precise_codes_and_change_nothing(store_kind: TestStor
 
     assert_eq!(count(&server, "SELECT count(*) FROM epics").await, epics);
     assert_eq!(store(&server).latest_version().await.unwrap(), version);
-    assert!(store(&server).changes_after(version, 10).await.unwrap().is_empty());
+    assert!(
+        store(&server)
+            .changes_after(version, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn idempotent_retries_apply_once(store_kind: TestStore) {
@@ -331,7 +379,11 @@ async fn idempotent_retries_apply_once(store_kind: TestStore) {
     assert_eq!(first.commit_version, second.commit_version);
     assert_eq!(first.generated_keys, second.generated_keys);
     assert_eq!(
-        count(&server, "SELECT count(*) FROM epics WHERE key = 'EPIC-ONCE'").await,
+        count(
+            &server,
+            "SELECT count(*) FROM epics WHERE key = 'EPIC-ONCE'"
+        )
+        .await,
         1
     );
     request.rows = Some(Rows {
@@ -341,7 +393,11 @@ async fn idempotent_retries_apply_once(store_kind: TestStore) {
     let err = client.insert(request).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(
-        count(&server, "SELECT count(*) FROM epics WHERE key = 'EPIC-OTHER'").await,
+        count(
+            &server,
+            "SELECT count(*) FROM epics WHERE key = 'EPIC-OTHER'"
+        )
+        .await,
         0
     );
 }
@@ -394,7 +450,11 @@ async fn flight_sql_updates_ddl_ingest_and_transactions(store_kind: TestStore) {
         .await
         .unwrap();
     assert_eq!(inserted, 3);
-    let review = count(&server, "SELECT count(*) FROM tasks WHERE status = 'review'").await;
+    let review = count(
+        &server,
+        "SELECT count(*) FROM tasks WHERE status = 'review'",
+    )
+    .await;
     let changed = client
         .execute_update(
             "UPDATE tasks SET status = 'done' WHERE status = 'review'".into(),
@@ -406,7 +466,10 @@ async fn flight_sql_updates_ddl_ingest_and_transactions(store_kind: TestStore) {
 
     // A prepared insert bound with many parameter rows (executemany).
     let mut prepared = client
-        .prepare("INSERT INTO notes (id, body, score) VALUES (?, ?, ?)".into(), None)
+        .prepare(
+            "INSERT INTO notes (id, body, score) VALUES (?, ?, ?)".into(),
+            None,
+        )
         .await
         .unwrap();
     prepared.set_parameters(notes_batch(100, 250)).unwrap();
@@ -432,7 +495,10 @@ async fn flight_sql_updates_ddl_ingest_and_transactions(store_kind: TestStore) {
     };
     let batches = vec![Ok(notes_batch(0, 3_000)), Ok(notes_batch(3_000, 2_000))];
     let written = client
-        .execute_ingest(command(TableExistsOption::Fail), futures::stream::iter(batches))
+        .execute_ingest(
+            command(TableExistsOption::Fail),
+            futures::stream::iter(batches),
+        )
         .await
         .unwrap();
     assert_eq!(written, 5_000);
@@ -468,7 +534,10 @@ async fn flight_sql_updates_ddl_ingest_and_transactions(store_kind: TestStore) {
         )
         .await
         .unwrap();
-    client.end_transaction(tx, EndTransaction::Rollback).await.unwrap();
+    client
+        .end_transaction(tx, EndTransaction::Rollback)
+        .await
+        .unwrap();
     assert_eq!(count(&server, "SELECT count(*) FROM notes").await, notes);
     let tx = client.begin_transaction().await.unwrap();
     client
@@ -503,9 +572,16 @@ async fn flight_sql_updates_ddl_ingest_and_transactions(store_kind: TestStore) {
         0,
         "uncommitted rows are not visible"
     );
-    client.end_transaction(tx.clone(), EndTransaction::Commit).await.unwrap();
+    client
+        .end_transaction(tx.clone(), EndTransaction::Commit)
+        .await
+        .unwrap();
     assert_eq!(
-        count(&server, "SELECT count(*) FROM notes WHERE id = 9002 AND score = 42").await,
+        count(
+            &server,
+            "SELECT count(*) FROM notes WHERE id = 9002 AND score = 42"
+        )
+        .await,
         1
     );
     let err = client
@@ -517,8 +593,14 @@ async fn flight_sql_updates_ddl_ingest_and_transactions(store_kind: TestStore) {
     // Every write above is in the change log, tables included that DDL created.
     let changes = store(&server).changes_after(0, 1_000_000).await.unwrap();
     let tables: BTreeSet<&str> = changes.iter().map(|c| c.table.as_str()).collect();
-    assert!(tables.is_superset(&BTreeSet::from(["notes", "ingested", "tasks"])), "{tables:?}");
-    assert_eq!(changes.iter().filter(|c| c.table == "ingested").count(), 6_000);
+    assert!(
+        tables.is_superset(&BTreeSet::from(["notes", "ingested", "tasks"])),
+        "{tables:?}"
+    );
+    assert_eq!(
+        changes.iter().filter(|c| c.table == "ingested").count(),
+        6_000
+    );
     assert_eq!(
         changes.iter().filter(|c| c.table == "notes").count() as i64,
         3 + 250 + 2
@@ -557,25 +639,36 @@ async fn concurrent_writers_leave_a_complete_ordered_log(store_kind: TestStore) 
     let mut keys = BTreeSet::new();
     for writer in writers {
         for (version, written) in writer.await.unwrap() {
-            assert!(versions.insert(version), "version {version} acknowledged twice");
+            assert!(
+                versions.insert(version),
+                "version {version} acknowledged twice"
+            );
             keys.extend(written);
         }
     }
     let total = (WRITERS * CALLS) as u64;
-    assert_eq!(versions, (start + 1..=start + total).collect::<BTreeSet<_>>());
+    assert_eq!(
+        versions,
+        (start + 1..=start + total).collect::<BTreeSet<_>>()
+    );
     let changes = store(&server).changes_after(start, 100_000).await.unwrap();
     assert_eq!(changes.len(), keys.len());
     assert!(changes.windows(2).all(|w| w[0].version <= w[1].version));
     let logged: BTreeSet<String> = changes
         .iter()
         .map(|c| {
-            let after: serde_json::Value = serde_json::from_str(c.after.as_deref().unwrap()).unwrap();
+            let after: serde_json::Value =
+                serde_json::from_str(c.after.as_deref().unwrap()).unwrap();
             after["key"].as_str().unwrap().to_owned()
         })
         .collect();
     assert_eq!(logged, keys);
     assert_eq!(
-        count(&server, "SELECT count(*) FROM epics WHERE key LIKE 'W%-%-%'").await as usize,
+        count(
+            &server,
+            "SELECT count(*) FROM epics WHERE key LIKE 'W%-%-%'"
+        )
+        .await as usize,
         keys.len()
     );
 }
@@ -623,7 +716,8 @@ async fn idle_transactions_are_rolled_back() {
             .await
             .unwrap()
             .iter()
-            .all(|c| c.key.as_deref() != Some("{\"id\":1}") && c.key.as_deref() != Some("{\"id\": 1}")),
+            .all(|c| c.key.as_deref() != Some("{\"id\":1}")
+                && c.key.as_deref() != Some("{\"id\": 1}")),
         "the rolled-back update is not in the log"
     );
 }

@@ -502,7 +502,10 @@ pub(crate) fn encode_numeric(text: &str) -> Result<Vec<u8>, BoxError> {
     };
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     if (whole.is_empty() && fraction.is_empty())
-        || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return Err(invalid());
     }
@@ -536,9 +539,17 @@ pub(crate) fn encode_numeric(text: &str) -> Result<Vec<u8>, BoxError> {
         weight = 0;
     }
     let mut out = Vec::with_capacity(8 + digits.len() * 2);
-    out.extend_from_slice(&i16::try_from(digits.len()).map_err(|_| invalid())?.to_be_bytes());
+    out.extend_from_slice(
+        &i16::try_from(digits.len())
+            .map_err(|_| invalid())?
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&weight.to_be_bytes());
-    let sign: u16 = if negative && !digits.is_empty() { 0x4000 } else { 0 };
+    let sign: u16 = if negative && !digits.is_empty() {
+        0x4000
+    } else {
+        0
+    };
     out.extend_from_slice(&sign.to_be_bytes());
     out.extend_from_slice(&dscale.to_be_bytes());
     for digit in digits {

@@ -30,7 +30,9 @@ changelog_suite!(postgres);
 /// The demo data with the change log installed and capturing every table.
 async fn logged_demo(backend: &TestBackend, tasks: u64) -> Store {
     let store = backend.demo(tasks).await;
-    changelog::install(&store).await.expect("change log installs");
+    changelog::install(&store)
+        .await
+        .expect("change log installs");
     let catalog = store.catalog().await.expect("catalog");
     changelog::capture_tables(&store, &catalog)
         .await
@@ -83,7 +85,10 @@ async fn commits_take_growing_versions_and_log_every_row(backend: &TestBackend) 
     let (inserted, keys) = tx
         .run_many(
             insert_epic_sql(&store),
-            vec![vec![Value::Text("EPIC-NEW".into()), Value::Text("New epic".into())]],
+            vec![vec![
+                Value::Text("EPIC-NEW".into()),
+                Value::Text("New epic".into()),
+            ]],
         )
         .await
         .unwrap();
@@ -97,7 +102,10 @@ async fn commits_take_growing_versions_and_log_every_row(backend: &TestBackend) 
     };
     let updated = tx
         .execute(
-            &format!("UPDATE tasks SET title = 'Retitled' WHERE id = {}", p(&store, 1)),
+            &format!(
+                "UPDATE tasks SET title = 'Retitled' WHERE id = {}",
+                p(&store, 1)
+            ),
             vec![Value::Int(1)],
         )
         .await
@@ -129,7 +137,8 @@ async fn commits_take_growing_versions_and_log_every_row(backend: &TestBackend) 
     assert_eq!(changes[1].op, "update");
     let before: serde_json::Value =
         serde_json::from_str(changes[1].before.as_deref().unwrap()).unwrap();
-    let after: serde_json::Value = serde_json::from_str(changes[1].after.as_deref().unwrap()).unwrap();
+    let after: serde_json::Value =
+        serde_json::from_str(changes[1].after.as_deref().unwrap()).unwrap();
     assert_eq!(after["title"], "Retitled");
     assert_ne!(before["title"], after["title"]);
     assert_eq!(before["status"], after["status"]);
@@ -142,12 +151,18 @@ async fn commits_take_growing_versions_and_log_every_row(backend: &TestBackend) 
     // A second commit takes the next version; an empty one takes none.
     let mut tx = store.begin().await.unwrap();
     tx.execute(
-        &format!("UPDATE epics SET title = 'Renamed' WHERE id = {}", p(&store, 1)),
+        &format!(
+            "UPDATE epics SET title = 'Renamed' WHERE id = {}",
+            p(&store, 1)
+        ),
         vec![Value::Int(new_id)],
     )
     .await
     .unwrap();
-    assert_eq!(tx.commit(CommitOptions::default()).await.unwrap().version, 2);
+    assert_eq!(
+        tx.commit(CommitOptions::default()).await.unwrap().version,
+        2
+    );
     let mut tx = store.begin().await.unwrap();
     tx.execute("UPDATE epics SET title = 'x' WHERE id < 0", Vec::new())
         .await
@@ -190,7 +205,10 @@ async fn failed_and_abandoned_transactions_leave_nothing(backend: &TestBackend) 
             insert_epic_sql(&store),
             vec![
                 vec![Value::Text("EPIC-A".into()), Value::Text("a".into())],
-                vec![Value::Text("EPIC-A".into()), Value::Text("duplicate".into())],
+                vec![
+                    Value::Text("EPIC-A".into()),
+                    Value::Text("duplicate".into()),
+                ],
             ],
         )
         .await
@@ -207,14 +225,25 @@ async fn failed_and_abandoned_transactions_leave_nothing(backend: &TestBackend) 
 
     // The writer is free again and nothing changed.
     let mut tx = store.begin().await.unwrap();
-    tx.execute("UPDATE epics SET priority = priority WHERE id = 1", Vec::new())
-        .await
-        .unwrap();
+    tx.execute(
+        "UPDATE epics SET priority = priority WHERE id = 1",
+        Vec::new(),
+    )
+    .await
+    .unwrap();
     let outcome = tx.commit(CommitOptions::default()).await.unwrap();
     assert_eq!(outcome.version, 1, "failed transactions took no version");
-    assert_eq!(count(&store, "SELECT count(*) FROM epics", Vec::new()).await, epics);
     assert_eq!(
-        count(&store, "SELECT count(*) FROM epics WHERE title = 'Changed'", Vec::new()).await,
+        count(&store, "SELECT count(*) FROM epics", Vec::new()).await,
+        epics
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM epics WHERE title = 'Changed'",
+            Vec::new()
+        )
+        .await,
         titles
     );
     assert!(count(&store, "SELECT count(*) FROM task_history", Vec::new()).await > 0);
@@ -258,7 +287,11 @@ async fn bulk_inserts_use_the_fast_path_and_are_logged(backend: &TestBackend) {
             vec![
                 Value::Int(i),
                 Value::Text(format!("tab\there \\ line\n{i}")),
-                if i % 7 == 0 { Value::Null } else { Value::Float(i as f64 / 4.0) },
+                if i % 7 == 0 {
+                    Value::Null
+                } else {
+                    Value::Float(i as f64 / 4.0)
+                },
                 Value::Blob(vec![0, 1, (i % 256) as u8]),
             ]
         })
@@ -303,7 +336,10 @@ async fn bulk_inserts_use_the_fast_path_and_are_logged(backend: &TestBackend) {
     assert_eq!(written, 5_000);
     let outcome = tx.commit(CommitOptions::default()).await.unwrap();
     assert_eq!(outcome.changes, 5_000);
-    assert_eq!(count(&store, "SELECT count(*) FROM events", Vec::new()).await, 5_000);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM events", Vec::new()).await,
+        5_000
+    );
     assert_eq!(
         count(
             &store,
@@ -318,7 +354,10 @@ async fn bulk_inserts_use_the_fast_path_and_are_logged(backend: &TestBackend) {
     assert_eq!(
         count(
             &store,
-            &format!("SELECT count(*) FROM events WHERE id = 4321 AND note = {}", p(&store, 1)),
+            &format!(
+                "SELECT count(*) FROM events WHERE id = 4321 AND note = {}",
+                p(&store, 1)
+            ),
             vec![Value::Text(note)]
         )
         .await,
@@ -326,7 +365,8 @@ async fn bulk_inserts_use_the_fast_path_and_are_logged(backend: &TestBackend) {
     );
     let changes = store.changes_after(0, 10).await.unwrap();
     assert_eq!(changes[0].table, "events");
-    let after: serde_json::Value = serde_json::from_str(changes[0].after.as_deref().unwrap()).unwrap();
+    let after: serde_json::Value =
+        serde_json::from_str(changes[0].after.as_deref().unwrap()).unwrap();
     assert_eq!(after["id"], 0);
 }
 
@@ -408,12 +448,18 @@ async fn concurrent_writers_leave_a_gap_free_ordered_log(backend: &TestBackend) 
     let logged: BTreeSet<String> = changes
         .iter()
         .map(|c| {
-            let after: serde_json::Value = serde_json::from_str(c.after.as_deref().unwrap()).unwrap();
+            let after: serde_json::Value =
+                serde_json::from_str(c.after.as_deref().unwrap()).unwrap();
             after["key"].as_str().unwrap().to_owned()
         })
         .collect();
     assert_eq!(
-        count(&store, "SELECT count(*) FROM epics WHERE key LIKE 'W%-C%'", Vec::new()).await as usize,
+        count(
+            &store,
+            "SELECT count(*) FROM epics WHERE key LIKE 'W%-C%'",
+            Vec::new()
+        )
+        .await as usize,
         logged.len()
     );
     assert_eq!(logged.len() as u64, total * 2);
