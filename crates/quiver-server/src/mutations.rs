@@ -745,6 +745,22 @@ impl MutationService {
     }
 }
 
+impl MutationService {
+    /// Serves a one-operation request: `key` reads its idempotency key, `op` wraps it.
+    async fn single<R: Message>(
+        &self,
+        request: Request<R>,
+        key: impl Fn(&R) -> &String,
+        op: impl FnOnce(R) -> operation::Op,
+    ) -> Result<Response<MutateResponse>, Status> {
+        let trace = trace_context(&request);
+        let request = request.into_inner();
+        let encoded = request.encode_to_vec();
+        let key = key(&request).clone();
+        self.handle(vec![op(request)], &key, encoded, trace).await
+    }
+}
+
 fn trace_context<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
@@ -907,11 +923,7 @@ impl Mutations for MutationService {
         &self,
         request: Request<InsertRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
-        let trace = trace_context(&request);
-        let request = request.into_inner();
-        let encoded = request.encode_to_vec();
-        let key = request.idempotency_key.clone();
-        self.handle(vec![operation::Op::Insert(request)], &key, encoded, trace)
+        self.single(request, |r| &r.idempotency_key, operation::Op::Insert)
             .await
     }
 
@@ -920,11 +932,7 @@ impl Mutations for MutationService {
         &self,
         request: Request<UpdateRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
-        let trace = trace_context(&request);
-        let request = request.into_inner();
-        let encoded = request.encode_to_vec();
-        let key = request.idempotency_key.clone();
-        self.handle(vec![operation::Op::Update(request)], &key, encoded, trace)
+        self.single(request, |r| &r.idempotency_key, operation::Op::Update)
             .await
     }
 
@@ -933,11 +941,7 @@ impl Mutations for MutationService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
-        let trace = trace_context(&request);
-        let request = request.into_inner();
-        let encoded = request.encode_to_vec();
-        let key = request.idempotency_key.clone();
-        self.handle(vec![operation::Op::Delete(request)], &key, encoded, trace)
+        self.single(request, |r| &r.idempotency_key, operation::Op::Delete)
             .await
     }
 
@@ -946,11 +950,7 @@ impl Mutations for MutationService {
         &self,
         request: Request<UpsertRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
-        let trace = trace_context(&request);
-        let request = request.into_inner();
-        let encoded = request.encode_to_vec();
-        let key = request.idempotency_key.clone();
-        self.handle(vec![operation::Op::Upsert(request)], &key, encoded, trace)
+        self.single(request, |r| &r.idempotency_key, operation::Op::Upsert)
             .await
     }
 

@@ -136,7 +136,11 @@ CREATE INDEX IF NOT EXISTS _quiver_idempotency_created ON public._quiver_idempot
 
 CREATE OR REPLACE FUNCTION public._quiver_key(row_data jsonb, key_columns text[])
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN cardinality(key_columns) = 0 THEN NULL
+    SELECT CASE cardinality(key_columns)
+           WHEN 0 THEN NULL
+           -- TG_ARGV counts from 0: take the first element whatever the lower bound.
+           WHEN 1 THEN jsonb_build_object(key_columns[array_lower(key_columns, 1)],
+                                          row_data -> key_columns[array_lower(key_columns, 1)])
            ELSE (SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(key_columns) AS k) END
 $$;
 
@@ -151,8 +155,8 @@ BEGIN
     IF current_setting('quiver.capture', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
     INSERT INTO public._quiver_changes (table_name, op, row_key, row_after)
     SELECT public._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'insert',
-           public._quiver_key(to_jsonb(n), TG_ARGV), to_jsonb(n)
-    FROM _quiver_new AS n;
+           public._quiver_key(r.j, TG_ARGV), r.j
+    FROM (SELECT to_jsonb(n) AS j FROM _quiver_new AS n) AS r;
     RETURN NULL;
 END $$;
 
@@ -162,8 +166,8 @@ BEGIN
     IF current_setting('quiver.capture', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
     INSERT INTO public._quiver_changes (table_name, op, row_key, row_before)
     SELECT public._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'delete',
-           public._quiver_key(to_jsonb(o), TG_ARGV), to_jsonb(o)
-    FROM _quiver_old AS o;
+           public._quiver_key(r.j, TG_ARGV), r.j
+    FROM (SELECT to_jsonb(o) AS j FROM _quiver_old AS o) AS r;
     RETURN NULL;
 END $$;
 

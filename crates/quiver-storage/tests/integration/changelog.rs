@@ -20,6 +20,7 @@ macro_rules! changelog_suite {
             idempotency_answers_are_stored_with_the_commit,
             bulk_inserts_use_the_fast_path_and_are_logged,
             concurrent_writers_leave_a_gap_free_ordered_log,
+            retention_prunes_old_commits_and_keeps_the_clock,
         );
     };
 }
@@ -463,4 +464,48 @@ async fn concurrent_writers_leave_a_gap_free_ordered_log(backend: &TestBackend) 
         logged.len()
     );
     assert_eq!(logged.len() as u64, total * 2);
+}
+
+async fn retention_prunes_old_commits_and_keeps_the_clock(backend: &TestBackend) {
+    let store = logged_demo(backend, 200).await;
+    for id in 1..=3 {
+        let mut tx = store.begin().await.unwrap();
+        tx.execute(
+            &format!("UPDATE tasks SET priority = 1 WHERE id = {}", p(&store, 1)),
+            vec![Value::Int(id)],
+        )
+        .await
+        .unwrap();
+        tx.commit(CommitOptions {
+            trace_context: None,
+            idempotency: Some(IdempotencyRecord {
+                key: format!("key-{id}"),
+                request_hash: "h".into(),
+                response: Box::new(|_| Vec::new()),
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(store.changes_after(0, 100).await.unwrap().len(), 3);
+    // Nothing is older than a cut-off in the past.
+    assert_eq!(store.prune_change_log(0, 0).await.unwrap(), 0);
+    assert_eq!(store.changes_after(0, 100).await.unwrap().len(), 3);
+    // Everything is older than a cut-off in the future.
+    let future = i64::MAX / 2;
+    assert_eq!(store.prune_change_log(future, future).await.unwrap(), 3);
+    assert!(store.changes_after(0, 100).await.unwrap().is_empty());
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.stored_response("key-1").await.unwrap(), None);
+    tx.rollback().await.unwrap();
+    // Versions continue where they were: pruning never reuses one.
+    assert_eq!(store.latest_version().await.unwrap(), 3);
+    let mut tx = store.begin().await.unwrap();
+    tx.execute("UPDATE epics SET priority = 2 WHERE id = 1", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.commit(CommitOptions::default()).await.unwrap().version,
+        4
+    );
 }
