@@ -73,26 +73,33 @@ async fn unknown_tables_and_columns_are_named() {
 }
 
 #[tokio::test]
-async fn statements_that_are_not_queries_are_refused_and_change_nothing() {
+async fn bad_statements_are_refused_and_change_nothing() {
     let server = TestServer::demo(100).await;
     let mut client = server.flight_sql_client().await;
-    for sql in [
-        "CREATE TABLE t (x INT)",
-        "SET datafusion.execution.batch_size = 1",
-        "DROP TABLE tasks",
+    // Session statements are neither queries nor writes the store runs.
+    let status = status_of(
+        client
+            .execute("SET datafusion.execution.batch_size = 1".to_owned(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("not a query"), "{}", status.message());
+    // DDL and DML run on the store; what the store refuses changes nothing.
+    for (sql, says) in [
+        ("CREATE TABLE tasks (x INT)", "already exists"),
+        ("DELETE FROM no_such_table", "no_such_table"),
+        ("UPDATE tasks SET no_such_column = 1", "no_such_column"),
     ] {
         let status = status_of(client.execute(sql.to_owned(), None).await.unwrap_err());
-        assert_eq!(status.code(), Code::InvalidArgument, "{sql}");
-        assert!(
-            status.message().starts_with("not a query"),
-            "{sql}: {}",
-            status.message()
-        );
+        assert_eq!(status.code(), Code::InvalidArgument, "{sql}: {status:?}");
+        assert!(status.message().contains(says), "{sql}: {}", status.message());
     }
     assert_eq!(
         flight_rows(&server, "SELECT count(*) FROM tasks").await,
         vec!["100".to_owned()]
     );
+    assert_eq!(server.server.engine.store().latest_version().await.unwrap(), 0);
 }
 
 #[tokio::test]
