@@ -84,7 +84,11 @@ async fn bad_statements_are_refused_and_change_nothing() {
             .unwrap_err(),
     );
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().starts_with("not a query"), "{}", status.message());
+    assert!(
+        status.message().starts_with("not a query"),
+        "{}",
+        status.message()
+    );
     // DDL and DML run on the store; what the store refuses changes nothing.
     for (sql, says) in [
         ("CREATE TABLE tasks (x INT)", "already exists"),
@@ -93,13 +97,20 @@ async fn bad_statements_are_refused_and_change_nothing() {
     ] {
         let status = status_of(client.execute(sql.to_owned(), None).await.unwrap_err());
         assert_eq!(status.code(), Code::InvalidArgument, "{sql}: {status:?}");
-        assert!(status.message().contains(says), "{sql}: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{sql}: {}",
+            status.message()
+        );
     }
     assert_eq!(
         flight_rows(&server, "SELECT count(*) FROM tasks").await,
         vec!["100".to_owned()]
     );
-    assert_eq!(server.server.engine.store().latest_version().await.unwrap(), 0);
+    assert_eq!(
+        server.server.engine.store().latest_version().await.unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
