@@ -122,7 +122,7 @@ async fn prepare(engine: &QueryEngine, config: &Config, progress: &demo::Progres
     }
     changelog::install(engine.store()).await?;
     engine.refresh_catalog().await?;
-    changelog::capture_tables(engine.store(), &engine.catalog()).await?;
+    changelog::capture_tables(engine.store()).await?;
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use futures::TryStreamExt;
 
-use crate::catalog::{Catalog, TableInfo, TableKind};
+use crate::catalog::TableInfo;
 use crate::error::Result;
 use crate::store::{Dialect, Store};
 
@@ -192,7 +192,7 @@ END $$;
 ";
 
 /// Advisory lock key serializing change-log installation across replicas.
-const POSTGRES_INSTALL_LOCK: i64 = 0x5155_4956_4552_0002;
+pub(crate) const POSTGRES_INSTALL_LOCK: i64 = 0x5155_4956_4552_0002;
 
 /// Creates the change-log tables (idempotent; several replicas may start at once).
 pub async fn install(store: &Store) -> Result<()> {
@@ -212,31 +212,14 @@ pub async fn install(store: &Store) -> Result<()> {
     }
 }
 
-/// Installs capture triggers on every base table of `catalog` (after start and DDL).
-pub async fn capture_tables(store: &Store, catalog: &Catalog) -> Result<()> {
-    let tables: Vec<&TableInfo> = catalog
-        .tables()
-        .filter(|t| t.kind == TableKind::Table)
-        .collect();
-    let script = match store.dialect() {
-        Dialect::Sqlite => {
-            let mut script = String::new();
-            for table in tables {
-                script.push_str(&sqlite_triggers(table));
-            }
-            script
-        }
-        Dialect::Postgres => {
-            let mut script =
-                format!("BEGIN; SELECT pg_advisory_xact_lock({POSTGRES_INSTALL_LOCK});");
-            for table in tables {
-                script.push_str(&postgres_triggers(table));
-            }
-            script.push_str("COMMIT;");
-            script
-        }
-    };
-    store.execute_script(script).await
+/// Installs capture triggers on every base table that lacks them (at start): the same
+/// mechanism DDL uses inside its own transaction, run in a transaction of its own.
+/// On SQLite the writer's TEMP triggers are (re)created for every table.
+pub async fn capture_tables(store: &Store) -> Result<()> {
+    let mut tx = store.begin().await?;
+    tx.capture_new_tables().await?;
+    tx.commit(crate::CommitOptions::default()).await?;
+    Ok(())
 }
 
 /// The capture triggers of one table, as SQL run inside the caller's transaction.

@@ -382,15 +382,10 @@ impl Transaction {
         Ok(())
     }
 
-    /// Installs change capture on a table created inside this transaction.
-    pub async fn capture_table(&mut self, table: &crate::TableInfo) -> Result<()> {
-        let sql = crate::changelog::triggers_sql(self.dialect(), table);
-        self.execute_script(&sql).await
-    }
-
-    /// Installs change capture on the tables DDL in this transaction created or
-    /// altered, as this transaction sees them, so rows written later in the same
-    /// transaction are logged too.
+    /// Installs change capture on the tables that lack it (those DDL in this
+    /// transaction created, for example), as this transaction sees them, so rows
+    /// written later in the same transaction are logged too. On SQLite every table's
+    /// TEMP triggers are recreated (their column lists may have changed).
     pub async fn capture_new_tables(&mut self) -> Result<()> {
         match &mut self.connection {
             Held::Sqlite(_) => {
@@ -404,6 +399,14 @@ impl Transaction {
                 .await
             }
             Held::Postgres(lease) => {
+                // Replicas starting together take turns (CREATE TRIGGER races otherwise).
+                lease
+                    .client()
+                    .batch_execute(&format!(
+                        "SELECT pg_advisory_xact_lock({})",
+                        crate::changelog::POSTGRES_INSTALL_LOCK
+                    ))
+                    .await?;
                 let uncaptured = lease
                     .prepare(
                         "SELECT n.nspname::text, c.relname::text,

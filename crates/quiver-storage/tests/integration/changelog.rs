@@ -34,8 +34,7 @@ async fn logged_demo(backend: &TestBackend, tasks: u64) -> Store {
     changelog::install(&store)
         .await
         .expect("change log installs");
-    let catalog = store.catalog().await.expect("catalog");
-    changelog::capture_tables(&store, &catalog)
+    changelog::capture_tables(&store)
         .await
         .expect("capture triggers install");
     store
@@ -307,28 +306,7 @@ async fn bulk_inserts_use_the_fast_path_and_are_logged(backend: &TestBackend) {
         }
     };
     tx.execute_script(ddl).await.unwrap();
-    let table = quiver_storage::TableInfo {
-        schema: store.default_schema().to_owned(),
-        name: "events".into(),
-        kind: quiver_storage::TableKind::Table,
-        columns: ["id", "note", "score", "raw"]
-            .iter()
-            .map(|name| quiver_storage::ColumnInfo {
-                name: (*name).to_owned(),
-                declared_type: String::new(),
-                data_type: arrow::datatypes::DataType::Utf8,
-                nullable: true,
-                default: None,
-                read_as_text: false,
-            })
-            .collect(),
-        primary_key: vec!["id".into()],
-        foreign_keys: vec![],
-        indexes: vec![],
-        estimated_rows: None,
-        range_key: None,
-    };
-    tx.capture_table(&table).await.unwrap();
+    tx.capture_new_tables().await.unwrap();
     let columns: Vec<String> = ["id", "note", "score", "raw"].map(String::from).to_vec();
     let written = tx
         .bulk_insert(store.default_schema(), "events", &columns, rows)
