@@ -6,7 +6,6 @@ that write use `writable_server` (a fresh server per test module) and read the t
 straight from its database through `store`."""
 
 import contextlib
-import datetime
 import decimal
 import importlib
 import itertools
@@ -21,6 +20,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+
+from quiver_clients import connect_mutations, micros  # noqa: F401  (micros: re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_TASKS = 5_000
@@ -41,7 +42,9 @@ class Server:
     for a writable PostgreSQL-backed server, whose truth is its database at `db_url`).
     `kind` is "sqlite" or "postgres"."""
 
-    def __init__(self, db_url: str, db_path: Path | None, schema: str, kind: str = "sqlite"):
+    def __init__(
+        self, db_url: str, db_path: Path | None, schema: str, kind: str = "sqlite", extra_args=()
+    ):
         self.db_url = db_url
         self.db_path = db_path
         self.schema = schema
@@ -59,6 +62,7 @@ class Server:
                 "--demo",
                 "--demo-tasks",
                 str(DEMO_TASKS),
+                *extra_args,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -96,6 +100,11 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+    def kill(self):
+        """SIGKILL: the process ends at once, without any shutdown work."""
+        self.process.kill()
+        self.process.wait(timeout=15)
 
 
 def postgres_admin_url():
@@ -138,20 +147,34 @@ class PostgresDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-@contextlib.contextmanager
-def running_server(kind: str, tmp_path_factory, *, sqlite_truth: bool):
-    """Starts `quiver serve --demo` over a fresh database of `kind` ("sqlite" or
-    "postgres") and stops it afterwards, checking that it exits cleanly.
+class Database:
+    """Where a server's data lives: `url` for `--db`, `truth_path` (the SQLite file, or
+    for PostgreSQL an optional SQLite copy of the demo), `schema` and `kind`."""
 
-    With `sqlite_truth`, a PostgreSQL-backed server also gets a SQLite copy of the
-    same demo at `db_path` (the truth read-only tests compare with); without it,
-    `db_path` is None there and the truth is the PostgreSQL database itself."""
+    def __init__(self, kind: str, url: str, truth_path: Path | None, schema: str):
+        self.kind = kind
+        self.url = url
+        self.truth_path = truth_path
+        self.schema = schema
+
+    def server(self, extra_args=()) -> Server:
+        """Starts a `quiver serve` on this database (again, after a restart)."""
+        return Server(self.url, self.truth_path, self.schema, self.kind, extra_args)
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, tmp_path_factory, *, sqlite_truth: bool = False):
+    """A fresh database of `kind` ("sqlite" or "postgres"), dropped afterwards.
+
+    With `sqlite_truth`, a PostgreSQL database also gets a SQLite copy of the demo at
+    `truth_path` (the truth read-only tests compare with); without it, `truth_path` is
+    None there and the truth is the PostgreSQL database itself."""
     db_path = tmp_path_factory.mktemp("quiver") / "demo.db"
-    postgres = None
     if kind == "sqlite":
-        running = Server(f"sqlite://{db_path}", db_path, "main", "sqlite")
-    else:
-        postgres = PostgresDatabase(postgres_admin_url())
+        yield Database("sqlite", f"sqlite://{db_path}", db_path, "main")
+        return
+    postgres = PostgresDatabase(postgres_admin_url())
+    try:
         truth_path = None
         if sqlite_truth:
             # The truth: the same deterministic demo, in SQLite.
@@ -162,17 +185,26 @@ def running_server(kind: str, tmp_path_factory, *, sqlite_truth: bool):
                 stderr=subprocess.DEVNULL,
             )
             truth_path = db_path
-        try:
-            running = Server(postgres.url, truth_path, "public", "postgres")
-        except BaseException:
-            postgres.drop()
-            raise
-    try:
-        yield running
+        yield Database("postgres", postgres.url, truth_path, "public")
     finally:
-        running.stop()
-        if postgres is not None:
-            postgres.drop()
+        postgres.drop()
+
+
+@contextlib.contextmanager
+def running_server(kind: str, tmp_path_factory, *, sqlite_truth: bool, extra_args=()):
+    """Starts `quiver serve --demo` over a fresh database of `kind` ("sqlite" or
+    "postgres") and stops it afterwards, checking that it exits cleanly.
+
+    With `sqlite_truth`, a PostgreSQL-backed server also gets a SQLite copy of the
+    same demo at `db_path` (the truth read-only tests compare with); without it,
+    `db_path` is None there and the truth is the PostgreSQL database itself.
+    `extra_args` are more `quiver serve` flags."""
+    with fresh_database(kind, tmp_path_factory, sqlite_truth=sqlite_truth) as database:
+        running = database.server(extra_args)
+        try:
+            yield running
+        finally:
+            running.stop()
     assert running.process.returncode == 0, "server exits cleanly on SIGTERM:\n" + "".join(running.log[-20:])
 
 
@@ -317,9 +349,9 @@ def writer(writable_server):
 
 
 @pytest.fixture(scope="session")
-def quiver_pb(tmp_path_factory):
-    """Python modules generated from proto/quiver/v1/mutations.proto:
-    (mutations_pb2, mutations_pb2_grpc)."""
+def quiver_protos(tmp_path_factory):
+    """Python modules generated from proto/quiver/v1/mutations.proto and
+    subscriptions.proto (one protoc run), by module name."""
     out = tmp_path_factory.mktemp("quiver_pb")
     protoc = subprocess.run(
         [
@@ -331,6 +363,7 @@ def quiver_pb(tmp_path_factory):
             f"--python_out={out}",
             f"--grpc_python_out={out}",
             "quiver/v1/mutations.proto",
+            "quiver/v1/subscriptions.proto",
         ],
         capture_output=True,
         text=True,
@@ -341,13 +374,29 @@ def quiver_pb(tmp_path_factory):
     (out / "quiver" / "v1" / "__init__.py").touch()
     sys.path.insert(0, str(out))
     try:
-        pb2 = importlib.import_module("quiver.v1.mutations_pb2")
-        pb2_grpc = importlib.import_module("quiver.v1.mutations_pb2_grpc")
+        names = ["mutations_pb2", "mutations_pb2_grpc", "subscriptions_pb2", "subscriptions_pb2_grpc"]
+        return {name: importlib.import_module(f"quiver.v1.{name}") for name in names}
     finally:
         sys.path.remove(str(out))
-    return pb2, pb2_grpc
 
 
-def micros(moment: datetime.datetime) -> int:
-    """Microseconds since the Unix epoch of a naive UTC datetime."""
-    return (moment - datetime.datetime(1970, 1, 1)) // datetime.timedelta(microseconds=1)
+@pytest.fixture(scope="session")
+def quiver_pb(quiver_protos):
+    """Python modules generated from proto/quiver/v1/mutations.proto:
+    (mutations_pb2, mutations_pb2_grpc)."""
+    return quiver_protos["mutations_pb2"], quiver_protos["mutations_pb2_grpc"]
+
+
+@pytest.fixture(scope="session")
+def subscriptions_pb(quiver_protos):
+    """Python modules generated from proto/quiver/v1/subscriptions.proto:
+    (subscriptions_pb2, subscriptions_pb2_grpc)."""
+    return quiver_protos["subscriptions_pb2"], quiver_protos["subscriptions_pb2_grpc"]
+
+
+@pytest.fixture(scope="module")
+def mutations(writable_server, quiver_pb):
+    """A Mutations client (`quiver_clients.Mutations`) of `writable_server`."""
+    client, channel = connect_mutations(writable_server.grpc_addr, quiver_pb)
+    yield client
+    channel.close()

@@ -227,6 +227,25 @@ impl QueryEngine {
         .await
     }
 
+    /// Streams the rows of `table` matching `filter` (all rows without one), every
+    /// column in table order.
+    pub async fn scan(
+        &self,
+        table: &quiver_storage::TableInfo,
+        filter: Option<&datafusion::logical_expr::Expr>,
+    ) -> Result<SendableRecordBatchStream> {
+        let reference = datafusion::common::TableReference::full(
+            CATALOG_NAME,
+            table.schema.as_str(),
+            table.name.as_str(),
+        );
+        let mut frame = self.ctx.table(reference).await?;
+        if let Some(filter) = filter {
+            frame = frame.filter(filter.clone())?;
+        }
+        Ok(to_client_stream(frame.execute_stream().await?))
+    }
+
     /// Plans and runs `sql` without parameters.
     pub async fn sql(&self, sql: &str) -> Result<SendableRecordBatchStream> {
         let query = self.prepare(sql).await?;

@@ -1,7 +1,15 @@
 //! Row predicates written by API callers (`status = 'blocked' AND priority <= 2`),
-//! compiled with DataFusion against one table and rendered as store SQL.
+//! compiled with DataFusion against one table: rendered as store SQL (writes), or
+//! evaluated on Arrow batches of the table's rows (the change feed).
 
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::prep_null_mask_filter;
+use arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use quiver_storage::{Dialect, TableInfo, Value};
 
@@ -40,4 +48,69 @@ pub fn predicate_sql(
         )
     })?;
     Ok((sql, renderer.params))
+}
+
+/// A caller's row predicate compiled against one table for evaluation on Arrow
+/// batches of its rows (the change feed's filter). Unlike [`predicate_sql`] the whole
+/// SQL expression language of queries is allowed: it runs in DataFusion, not in the
+/// store.
+#[derive(Debug, Clone)]
+pub struct RowFilter {
+    expr: Expr,
+    physical: Arc<dyn PhysicalExpr>,
+}
+
+impl RowFilter {
+    /// Compiles `predicate` against `table`'s columns; it must be boolean.
+    pub fn compile(table: &TableInfo, predicate: &str) -> Result<Self> {
+        let invalid = |message: String| Error::Predicate {
+            predicate: predicate.to_owned(),
+            message,
+        };
+        if predicate.trim().is_empty() {
+            return Err(invalid("the predicate is empty".to_owned()));
+        }
+        let arrow_schema = table.arrow_schema();
+        let schema = DFSchema::try_from(arrow_schema.as_ref().clone())
+            .map_err(|err| invalid(err.to_string()))?;
+        let context = SessionContext::new();
+        let expr = context
+            .parse_sql_expr(predicate, &schema)
+            .map_err(|err| invalid(err.find_root().to_string()))?;
+        let physical = context
+            .state()
+            .create_physical_expr(expr.clone(), &schema)
+            .map_err(|err| invalid(err.find_root().to_string()))?;
+        let data_type = physical
+            .data_type(&arrow_schema)
+            .map_err(|err| invalid(err.find_root().to_string()))?;
+        if !matches!(data_type, DataType::Boolean | DataType::Null) {
+            return Err(invalid(format!(
+                "a filter must be a boolean condition, not a {data_type} value"
+            )));
+        }
+        Ok(Self { expr, physical })
+    }
+
+    /// The predicate as a DataFusion expression over the table's columns.
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
+    /// Which rows of `batch` (rows of the table, in its column order) match; a NULL
+    /// outcome does not match, as in `WHERE`.
+    pub fn matches(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        let outcome = self.physical.evaluate(batch)?;
+        let array = outcome.into_array(batch.num_rows())?;
+        let matched = match array.as_boolean_opt() {
+            Some(matched) => matched.clone(),
+            // A NULL literal condition: nothing matches.
+            None => BooleanArray::from(vec![false; batch.num_rows()]),
+        };
+        Ok(if matched.null_count() > 0 {
+            prep_null_mask_filter(&matched)
+        } else {
+            matched
+        })
+    }
 }

@@ -15,6 +15,7 @@ use quiver_storage::{PoolOptions, StoreOptions};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::subscriptions::SubscriptionConfig;
 
 /// The default database: a SQLite file in `./quiver-data`.
 pub const DEFAULT_DB: &str = "sqlite://./quiver-data/quiver.db";
@@ -104,6 +105,13 @@ serve_args! {
     idempotency_window_h: u64, env = "QUIVER_IDEMPOTENCY_WINDOW_H";
     /// Seconds a Flight SQL transaction may sit idle before it is rolled back [default: 60].
     transaction_idle_timeout_s: u64, env = "QUIVER_TRANSACTION_IDLE_TIMEOUT_S";
+    /// Most concurrent subscriptions (gRPC and Flight) [default: 10000].
+    max_subscribers: usize, env = "QUIVER_MAX_SUBSCRIBERS";
+    /// Milliseconds between progress messages on each subscription [default: 1000].
+    subscription_progress_interval_ms: u64, env = "QUIVER_SUBSCRIPTION_PROGRESS_INTERVAL_MS";
+    /// Messages queued per subscription before a slow one is served from the change
+    /// log instead [default: 1024].
+    subscription_buffer: usize, env = "QUIVER_SUBSCRIPTION_BUFFER";
 }
 
 /// The resolved, validated configuration of a server.
@@ -129,6 +137,8 @@ pub struct Config {
     pub max_flight_data_size: usize,
     /// Limits and retention of the write path.
     pub writes: WriteConfig,
+    /// Limits of the subscription service.
+    pub subscriptions: SubscriptionConfig,
 }
 
 /// Limits and retention of the write path.
@@ -246,6 +256,13 @@ impl ServeArgs {
                     self.transaction_idle_timeout_s.unwrap_or(60),
                 ),
             },
+            subscriptions: SubscriptionConfig {
+                max_subscribers: self.max_subscribers.unwrap_or(10_000),
+                progress_interval: Duration::from_millis(
+                    self.subscription_progress_interval_ms.unwrap_or(1000),
+                ),
+                buffer: self.subscription_buffer.unwrap_or(1024),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -289,6 +306,12 @@ impl Config {
         }
         if self.writes.transaction_idle_timeout.is_zero() {
             return fail("transaction_idle_timeout_s must be at least 1".to_owned());
+        }
+        if self.subscriptions.progress_interval < Duration::from_millis(10) {
+            return fail("subscription_progress_interval_ms must be at least 10".to_owned());
+        }
+        if self.subscriptions.buffer == 0 {
+            return fail("subscription_buffer must be at least 1".to_owned());
         }
         if self.engine.target_partitions == 0 {
             return fail("target_partitions must be at least 1".to_owned());

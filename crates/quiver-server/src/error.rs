@@ -36,6 +36,10 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// The service cannot answer now (shutting down); the call can be retried.
+    #[error("{0}")]
+    Unavailable(String),
+
     /// The request is larger than the server's limits allow.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -88,7 +92,7 @@ pub fn code_of(err: &Error) -> Code {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Config(_) => Code::FailedPrecondition,
-        Error::Io(_) | Error::Client(_) => Code::Unavailable,
+        Error::Io(_) | Error::Client(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) | Error::Metadata(_) => Code::Internal,
     }
 }

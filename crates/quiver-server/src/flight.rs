@@ -49,6 +49,7 @@ use tracing::Instrument;
 use self::handle::StatementHandle;
 use self::metadata::{KeyFilter, SQL_INFO, XDBC_TYPE_INFO};
 use crate::error::{Error, Result};
+use crate::subscriptions::{self, Hub};
 use crate::writes::{StatementKind, Writer, statement_kind};
 
 /// The stream type of DoGet responses.
@@ -62,6 +63,7 @@ const STREAM_BUFFER: usize = 2;
 pub struct QuiverFlightSqlService {
     engine: Arc<QueryEngine>,
     writer: Arc<Writer>,
+    subscriptions: Arc<Hub>,
     max_flight_data_size: usize,
 }
 
@@ -69,10 +71,11 @@ impl QuiverFlightSqlService {
     /// A service answering from `writer`'s engine and writing through `writer`; no
     /// Flight message it sends exceeds `max_flight_data_size` bytes of Arrow data
     /// (bigger batches are split).
-    pub fn new(writer: Arc<Writer>, max_flight_data_size: usize) -> Self {
+    pub fn new(writer: Arc<Writer>, subscriptions: Arc<Hub>, max_flight_data_size: usize) -> Self {
         Self {
             engine: Arc::clone(writer.engine()),
             writer,
+            subscriptions,
             max_flight_data_size,
         }
     }
@@ -777,6 +780,9 @@ impl FlightSqlService for QuiverFlightSqlService {
                 session::set_options(&set, CATALOG_NAME, self.default_schema()).encode_to_vec()
             }
             session::CLOSE_SESSION => session::CloseSessionResult { status: 1 }.encode_to_vec(),
+            subscriptions::SUBSCRIBE_ACTION => {
+                subscriptions::subscribe_ticket(&self.subscriptions, &action.body)?.to_vec()
+            }
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unknown action type '{other}'"
@@ -804,6 +810,12 @@ impl FlightSqlService for QuiverFlightSqlService {
                 "Get session options (catalog, schema).",
             ),
             describe(session::CLOSE_SESSION, "Close the session."),
+            describe(
+                subscriptions::SUBSCRIBE_ACTION,
+                "Follow a table's changes: a JSON body {\"tables\": [..], \"filter\", \
+                 \"from_version\" | \"latest\" | \"snapshot\", \"columns\"} answers with a ticket \
+                 for DoGet.",
+            ),
         ])
     }
 
@@ -819,6 +831,10 @@ impl FlightSqlService for QuiverFlightSqlService {
         _request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        if message.type_url == subscriptions::SUBSCRIBE_TICKET_TYPE {
+            let stream = subscriptions::subscribe(&self.subscriptions, &message.value).await?;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(stream))));
+        }
         Err(Status::invalid_argument(format!(
             "unknown ticket type {}",
             message.type_url

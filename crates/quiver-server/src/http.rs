@@ -34,6 +34,8 @@ use crate::error::{Error, code_name, code_of};
 pub struct HttpState {
     /// The query engine.
     pub engine: Arc<QueryEngine>,
+    /// The subscription service, for its metrics.
+    pub subscriptions: Arc<crate::subscriptions::Hub>,
 }
 
 /// The HTTP routes.
@@ -41,12 +43,27 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/query", post(query))
         .with_state(state)
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Prometheus text: the subscription service's state so far.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let mut text = String::new();
+    state.subscriptions.render_metrics(&mut text);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

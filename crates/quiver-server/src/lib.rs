@@ -9,7 +9,9 @@
 //! - [`mutations`]: the `quiver.v1.Mutations` gRPC service.
 //! - [`writes`]: the write path both share — transactions, ingest, the change log's
 //!   upkeep.
-//! - [`http`]: `/healthz`, `/readyz`, `POST /v1/query`.
+//! - [`subscriptions`]: change streams over gRPC (`quiver.v1.Subscriptions`) and Flight,
+//!   fed by one shared tail of the change log.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `POST /v1/query`.
 //! - [`config`]: flags, `QUIVER_*` variables and the TOML file, merged and validated.
 //! - [`cli`]: the `quiver` subcommands (`serve`, `demo load`, `query`).
 //! - [`error`]: [`Error`] and the one mapping of errors to gRPC statuses.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod flight;
 pub mod http;
 pub mod mutations;
+pub mod subscriptions;
 pub mod telemetry;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use axum::serve::ListenerExt;
 use quiver_proto::v1::mutations_server::MutationsServer;
+use quiver_proto::v1::subscriptions_server::SubscriptionsServer;
 use quiver_query::QueryEngine;
 use quiver_storage::{Store, changelog, demo};
 use tokio::net::TcpListener;
@@ -42,6 +46,7 @@ pub use error::{Error, Result};
 
 use crate::flight::QuiverFlightSqlService;
 use crate::mutations::MutationService;
+use crate::subscriptions::{Hub, SubscriptionService};
 use crate::writes::Writer;
 
 /// The sockets a server answers on, bound by the caller (tests bind port 0).
@@ -170,12 +175,24 @@ fn no_delay(
 /// in-flight requests and returns.
 pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationToken) -> Result<()> {
     let config = &server.config;
-    let flight =
-        QuiverFlightSqlService::new(Arc::clone(&server.writer), config.max_flight_data_size);
+    // Ends every subscription stream at shutdown, so the gRPC server can drain.
+    let hub = Arc::new(Hub::new(
+        Arc::clone(&server.engine),
+        config.subscriptions.clone(),
+        shutdown.child_token(),
+    ));
+    let flight = QuiverFlightSqlService::new(
+        Arc::clone(&server.writer),
+        Arc::clone(&hub),
+        config.max_flight_data_size,
+    );
     let flight = FlightServiceServer::new(flight)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let mutations = MutationsServer::new(MutationService::new(Arc::clone(&server.writer)))
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+    let subscriptions = SubscriptionsServer::new(SubscriptionService::new(Arc::clone(&hub)))
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -185,12 +202,16 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     health_reporter
         .set_serving::<MutationsServer<MutationService>>()
         .await;
+    health_reporter
+        .set_serving::<SubscriptionsServer<SubscriptionService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|err| Error::Internal(format!("cannot build the reflection service: {err}")))?;
     tokio::spawn(Arc::clone(&server.writer).maintain(shutdown.clone()));
+    tokio::spawn(Arc::clone(&hub).follow());
 
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
@@ -202,12 +223,14 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         .add_service(reflection)
         .add_service(flight)
         .add_service(mutations)
+        .add_service(subscriptions)
         .serve_with_incoming_shutdown(no_delay(listeners.grpc), async move {
             grpc_shutdown.cancelled().await;
         });
     let http_shutdown = shutdown.clone();
     let router = http::router(http::HttpState {
         engine: Arc::clone(&server.engine),
+        subscriptions: Arc::clone(&hub),
     });
     let http_listener = listeners.http.tap_io(|stream| {
         if let Err(err) = stream.set_nodelay(true) {

@@ -335,25 +335,7 @@ impl Statements<'_> {
 
 impl MutationService {
     fn resolve_table(&self, name: &str) -> Result<Arc<TableInfo>> {
-        let engine = self.writer.engine();
-        let catalog = engine.catalog();
-        let default_schema = engine.store().default_schema();
-        let (schema, table) = match name.split_once('.') {
-            Some((schema, table)) => (schema, table),
-            None => (default_schema, name),
-        };
-        if table.is_empty() {
-            return Err(Error::InvalidRequest("no table named".to_owned()));
-        }
-        let info = catalog
-            .table(schema, table)
-            .ok_or_else(|| Error::NotFound(format!("table '{name}' does not exist")))?;
-        if info.kind != quiver_storage::TableKind::Table {
-            return Err(Error::InvalidRequest(format!(
-                "'{name}' is a view; only tables can be written"
-            )));
-        }
-        Ok(Arc::new(info.clone()))
+        crate::writes::resolve_table(self.writer.engine(), name)
     }
 
     fn column<'t>(table: &'t TableInfo, name: &str) -> Result<&'t ColumnInfo> {

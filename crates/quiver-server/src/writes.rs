@@ -75,6 +75,31 @@ fn store_placeholders(sql: &str, dialect: Dialect) -> Result<String> {
     })
 }
 
+/// The base table `name` (`tasks`, or `schema.table` outside the default schema)
+/// names: NOT_FOUND when there is none, INVALID_ARGUMENT for a view.
+pub(crate) fn resolve_table(
+    engine: &QueryEngine,
+    name: &str,
+) -> Result<Arc<quiver_storage::TableInfo>> {
+    let catalog = engine.catalog();
+    let (schema, table) = match name.split_once('.') {
+        Some((schema, table)) => (schema, table),
+        None => (engine.store().default_schema(), name),
+    };
+    if table.is_empty() {
+        return Err(Error::InvalidRequest("no table named".to_owned()));
+    }
+    let info = catalog
+        .table(schema, table)
+        .ok_or_else(|| Error::NotFound(format!("table '{name}' does not exist")))?;
+    if info.kind != quiver_storage::TableKind::Table {
+        return Err(Error::InvalidRequest(format!(
+            "'{name}' is a view; only tables can be written or followed"
+        )));
+    }
+    Ok(Arc::new(info.clone()))
+}
+
 /// A Flight SQL transaction: begun on the store at its first write, so a client that
 /// keeps a transaction open only to read never holds a connection (or, on SQLite, the
 /// writer).

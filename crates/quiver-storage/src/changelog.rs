@@ -53,6 +53,8 @@ pub struct Change {
     pub after: Option<String>,
     /// The row before the change, as a JSON object.
     pub before: Option<String>,
+    /// The W3C trace context of the call that made the commit, when it carried one.
+    pub trace_context: Option<String>,
 }
 
 const SQLITE_SCHEMA_SQL: &str = "
@@ -344,28 +346,54 @@ fn changes_schema() -> SchemaRef {
         Field::new("row_key", DataType::Utf8, true),
         Field::new("row_after", DataType::Utf8, true),
         Field::new("row_before", DataType::Utf8, true),
+        Field::new("trace_context", DataType::Utf8, true),
     ]))
 }
 
 impl Store {
-    /// Up to `limit` changes with a version above `after_version`, in version order
-    /// and, within a commit, in the order they were made.
+    /// The changes of the commits after `after_version`, in version order and, within
+    /// a commit, in the order they were made: whole commits only, as many as fit in
+    /// `limit` changes — but always at least the next commit, however large.
     pub async fn changes_after(&self, after_version: u64, limit: usize) -> Result<Vec<Change>> {
+        let limit = limit.max(1);
+        let mut changes = self
+            .changes_between(after_version, u64::MAX, Some(limit))
+            .await?;
+        if changes.len() >= limit {
+            let (first, last) = (changes[0].version, changes[changes.len() - 1].version);
+            if first == last {
+                // One commit larger than the limit: read it whole.
+                changes = self.changes_between(first - 1, first, None).await?;
+            } else {
+                changes.retain(|change| change.version != last);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// The changes with versions in `(after, upto]`, at most `limit` of them.
+    async fn changes_between(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: Option<usize>,
+    ) -> Result<Vec<Change>> {
+        let limit = limit.map(|n| format!("LIMIT {n}")).unwrap_or_default();
         let sql = match self.dialect() {
             Dialect::Sqlite => format!(
-                "SELECT c.version, m.committed_at, c.table_name, c.op, c.row_key, c.row_after, c.row_before
+                "SELECT c.version, m.committed_at, c.table_name, c.op, c.row_key, c.row_after, c.row_before, m.trace_context
                  FROM _quiver_changes c JOIN _quiver_commits m ON m.version = c.version
-                 WHERE c.version > ?1 ORDER BY c.version, c.id LIMIT {limit}"
+                 WHERE c.version > ?1 AND c.version <= ?2 ORDER BY c.version, c.id {limit}"
             ),
             Dialect::Postgres => format!(
-                "SELECT m.version, m.committed_at, c.table_name, c.op, c.row_key::text, c.row_after::text, c.row_before::text
+                "SELECT m.version, m.committed_at, c.table_name, c.op, c.row_key::text, c.row_after::text, c.row_before::text, m.trace_context
                  FROM public._quiver_commits m JOIN public._quiver_changes c ON c.txid = m.txid
-                 WHERE m.version > $1::int8 ORDER BY m.version, c.id LIMIT {limit}"
+                 WHERE m.version > $1::int8 AND m.version <= $2::int8 ORDER BY m.version, c.id {limit}"
             ),
         };
-        let after = i64::try_from(after_version).unwrap_or(i64::MAX);
+        let bound = |version: u64| crate::Value::Int(i64::try_from(version).unwrap_or(i64::MAX));
         let batches: Vec<RecordBatch> = self
-            .query(sql, vec![crate::Value::Int(after)], changes_schema())
+            .query(sql, vec![bound(after), bound(upto)], changes_schema())
             .await?
             .try_collect()
             .await?;
@@ -386,10 +414,20 @@ impl Store {
                     key: optional(4),
                     after: optional(5),
                     before: optional(6),
+                    trace_context: optional(7),
                 });
             }
         }
         Ok(changes)
+    }
+
+    /// The oldest version the change log still holds (`None` when it holds none:
+    /// nothing committed yet, or everything pruned).
+    pub async fn oldest_version(&self) -> Result<Option<u64>> {
+        let values = self
+            .query_int64s("SELECT min(version) FROM _quiver_commits".to_owned())
+            .await?;
+        Ok(values.first().and_then(|v| u64::try_from(*v).ok()))
     }
 
     /// The latest committed version (0 before the first commit).

@@ -30,6 +30,9 @@ use crate::value::Value;
 /// The schema unqualified names resolve in.
 pub const POSTGRES_SCHEMA: &str = "public";
 
+/// The `NOTIFY` channel every commit announces its version on.
+pub const COMMIT_CHANNEL: &str = "quiver_commits";
+
 /// A connection used within this long of its last use is handed out without a
 /// validation round trip; older ones are checked first.
 const VALIDATION_BYPASS: Duration = Duration::from_millis(500);
@@ -156,6 +159,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
 #[derive(Debug)]
 pub(crate) struct PostgresStore {
     target: String,
+    /// For the commit listener's own connection.
+    config: Box<tokio_postgres::Config>,
     pool: Pool<PgManager>,
 }
 
@@ -175,13 +180,91 @@ impl PostgresStore {
         config.keepalives(true);
         let target = describe(&config);
         let manager = PgManager {
-            config,
+            config: config.clone(),
             target: target.clone(),
         };
         Ok(Self {
             pool: Pool::new(manager, pool_options),
+            config: Box::new(config),
             target,
         })
+    }
+
+    /// `LISTEN`s on [`COMMIT_CHANNEL`] and announces each notified version on
+    /// `commits`, reconnecting with backoff; runs until dropped.
+    pub(crate) async fn follow_commits(&self, commits: &tokio::sync::watch::Sender<u64>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.listen(commits).await {
+                Ok(()) => {
+                    tracing::warn!(target = %self.target, "commit listener disconnected; reconnecting");
+                    delay = Duration::from_millis(100);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, target = %self.target, "cannot listen for commits; retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One listening connection: `Err` when it cannot be set up, `Ok` when it was
+    /// listening and closed.
+    async fn listen(&self, commits: &tokio::sync::watch::Sender<u64>) -> Result<()> {
+        let (client, mut connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|err| Error::Connect {
+                    target: self.target.clone(),
+                    message: with_causes(&err),
+                })?;
+        let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(
+            async move {
+                let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
+                            if notified.send(notification.payload().to_owned()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::debug!(error = %err, "commit listener connection ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::Span::none()),
+        );
+        let listening = client
+            .batch_execute(&format!("LISTEN {COMMIT_CHANNEL}"))
+            .await;
+        if let Err(err) = listening {
+            driver.abort();
+            return Err(err.into());
+        }
+        tracing::debug!(target = %self.target, "listening for commits of other replicas");
+        // Announcements made while no connection listened are lost: wake everyone.
+        commits.send_modify(|_| {});
+        while let Some(payload) = notifications.recv().await {
+            let Ok(version) = payload.parse::<u64>() else {
+                continue;
+            };
+            commits.send_if_modified(|latest| {
+                let newer = version > *latest;
+                if newer {
+                    *latest = version;
+                }
+                newer
+            });
+        }
+        drop(client);
+        Ok(())
     }
 
     /// Where the data lives, without credentials.

@@ -134,6 +134,8 @@ enum Backend {
 pub struct Store {
     backend: Arc<Backend>,
     batch_size: usize,
+    /// The latest commit version this process knows of (see [`Store::commit_signal`]).
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -152,7 +154,34 @@ impl Store {
         Ok(Self {
             backend: Arc::new(backend),
             batch_size: options.batch_size.max(1),
+            commits: Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+
+    /// Changes whenever this process learns of a new commit: at once for commits made
+    /// through this store and, on PostgreSQL while [`Store::follow_commits`] runs, when
+    /// another replica's commit is announced. The value is the newest version heard of
+    /// (a wake-up, not the truth: read the change log for what committed).
+    pub fn commit_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// The sender [`Transaction`](crate::Transaction)s announce their commits on.
+    pub(crate) fn commit_sender(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        Arc::clone(&self.commits)
+    }
+
+    /// Listens for commits made through other processes on the same database and
+    /// announces them on [`Store::commit_signal`]; returns only when dropped. On
+    /// PostgreSQL this holds one connection outside the pool, `LISTEN`ing on the
+    /// channel every commit notifies, and reconnects with backoff when it drops (each
+    /// reconnection also wakes listeners, since announcements may have been missed).
+    /// On SQLite there is nothing to listen to: all capture happens in this process.
+    pub async fn follow_commits(&self) {
+        match &*self.backend {
+            Backend::Sqlite(_) => std::future::pending().await,
+            Backend::Postgres(store) => store.follow_commits(&self.commits).await,
+        }
     }
 
     /// The backend's name as OpenTelemetry's `db.system.name` spells it.

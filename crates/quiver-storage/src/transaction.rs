@@ -6,6 +6,7 @@
 //! PostgreSQL it holds one pooled connection. A transaction dropped without
 //! [`Transaction::commit`] is rolled back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -73,6 +74,7 @@ enum Held {
 pub struct Transaction {
     connection: Held,
     finished: bool,
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -171,6 +173,7 @@ impl Store {
             let mut transaction = Transaction {
                 connection: Held::Sqlite(Some(guard)),
                 finished: false,
+                commits: self.commit_sender(),
             };
             transaction
                 .sqlite(|conn| {
@@ -198,6 +201,7 @@ impl Store {
         Ok(Transaction {
             connection: Held::Postgres(Box::new(lease)),
             finished: false,
+            commits: self.commit_sender(),
         })
     }
 }
@@ -450,6 +454,16 @@ impl Transaction {
             Held::Postgres(lease) => postgres_commit(lease, committed_at, options).await?,
         };
         self.finished = true;
+        if outcome.changes > 0 {
+            let version = outcome.version;
+            self.commits.send_if_modified(|latest| {
+                let newer = version > *latest;
+                if newer {
+                    *latest = version;
+                }
+                newer
+            });
+        }
         Ok(outcome)
     }
 
@@ -616,13 +630,23 @@ async fn postgres_commit(
                  ON CONFLICT (table_name) DO UPDATE SET version = excluded.version",
             )
             .await?;
+        // Delivered to listening replicas when (and only if) the commit succeeds.
+        let notify = lease
+            .prepare(&format!(
+                "SELECT pg_notify('{}', $1::text)",
+                crate::postgres::COMMIT_CHANNEL
+            ))
+            .await?;
         let client = lease.client();
         let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&version, &committed_at, &changes, &options.trace_context];
         let versions_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tables, &version];
+        let announced = version.to_string();
+        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&announced];
         futures::try_join!(
             client.execute(&record, &record_params),
             client.execute(&versions, &versions_params),
+            client.query_one(&notify, &notify_params),
         )?;
         version
     } else {
