@@ -14,6 +14,10 @@
 //!   progress aggregation, p50/p95/p99 per backend; bulk ingest rows/s through
 //!   `Mutations.Insert` (Arrow IPC) beside the store's own bulk path (rusqlite, COPY)
 //!   and, optionally, ADBC from Python.
+//! - `quiver-bench subscriptions`: change delivery — events/s to one subscriber
+//!   (catch-up from the log, live while writing) and commit→delivery latency with
+//!   1/100/1,000 subscribers, per backend, beside a raw tonic server streaming the
+//!   same messages.
 //!
 //! Build with `cargo build --release -p quiver-server -p quiver-bench`; see
 //! `docs/performance.md` for the full procedure, including the Python clients.
@@ -23,6 +27,7 @@ mod mutations;
 mod pool;
 mod queries;
 mod server;
+mod subscriptions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,6 +113,21 @@ enum Command {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Subscription delivery: throughput and fan-out latency, beside raw tonic streaming.
+    Subscriptions {
+        /// Also measure PostgreSQL, in a database created (and dropped) on this server.
+        #[arg(long, env = "QUIVER_TEST_POSTGRES_URL")]
+        postgres: Option<String>,
+        /// Events for the throughput measures.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Subscriber counts of the fan-out measures.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        subscribers: Vec<usize>,
+        /// Single-row commits (one every 10 ms) per fan-out measure.
+        #[arg(long, default_value_t = 200)]
+        commits: usize,
+    },
 }
 
 #[tokio::main]
@@ -149,6 +169,20 @@ async fn main() -> Result<()> {
                 python,
             };
             mutations::run(&binary, &cli.data_dir, &options).await
+        }
+        Command::Subscriptions {
+            postgres,
+            events,
+            subscribers,
+            commits,
+        } => {
+            let options = subscriptions::Options {
+                postgres,
+                events,
+                subscribers,
+                commits,
+            };
+            subscriptions::run(&binary, &cli.data_dir, &options).await
         }
     }
 }
