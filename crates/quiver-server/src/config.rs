@@ -60,7 +60,8 @@ serve_args! {
     db: String, env = "QUIVER_DB";
     /// Address of the gRPC port (Flight SQL) [default: 127.0.0.1:50051].
     grpc_addr: SocketAddr, env = "QUIVER_GRPC_ADDR";
-    /// Address of the HTTP port (health, readiness, JSON queries) [default: 127.0.0.1:8080].
+    /// Address of the HTTP port (health, readiness, metrics, JSON queries)
+    /// [default: 127.0.0.1:8080].
     http_addr: SocketAddr, env = "QUIVER_HTTP_ADDR";
     /// Load the demo data set at start when its tables do not exist [default: false].
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
