@@ -8,4 +8,5 @@ mod errors;
 mod flight_sql;
 mod http;
 mod metadata;
+mod subscriptions;
 mod writes;

@@ -21,6 +21,7 @@ macro_rules! changelog_suite {
             bulk_inserts_use_the_fast_path_and_are_logged,
             concurrent_writers_leave_a_gap_free_ordered_log,
             retention_prunes_old_commits_and_keeps_the_clock,
+            log_reads_return_whole_commits_and_announce_them,
         );
     };
 }
@@ -486,4 +487,55 @@ async fn retention_prunes_old_commits_and_keeps_the_clock(backend: &TestBackend)
         tx.commit(CommitOptions::default()).await.unwrap().version,
         4
     );
+}
+
+async fn log_reads_return_whole_commits_and_announce_them(backend: &TestBackend) {
+    let store = logged_demo(backend, 200).await;
+    let start = store.latest_version().await.unwrap();
+    let mut signal = store.commit_signal();
+    signal.mark_unchanged();
+    // A commit of ten rows, then one of one row.
+    for (commit, rows) in [(1, 10), (2, 1)] {
+        let mut tx = store.begin().await.unwrap();
+        for row in 0..rows {
+            tx.execute(
+                insert_epic_sql(&store),
+                vec![
+                    Value::Text(format!("WHOLE-{commit}-{row}")),
+                    Value::Text("whole commits".into()),
+                ],
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit(CommitOptions::default()).await.unwrap();
+        assert!(
+            signal.has_changed().unwrap(),
+            "commit {commit} is announced"
+        );
+        assert_eq!(*signal.borrow_and_update(), start + commit);
+    }
+    assert_eq!(
+        store
+            .oldest_version()
+            .await
+            .unwrap()
+            .map(|v| v <= start + 1),
+        Some(true)
+    );
+    // A limit below the first commit's size still returns that commit, whole.
+    let first = store.changes_after(start, 4).await.unwrap();
+    assert_eq!(first.len(), 10);
+    assert!(first.iter().all(|c| c.version == start + 1));
+    // A limit that would cut the second commit short stops before it.
+    let cut = store.changes_after(start, 11).await.unwrap();
+    assert_eq!(cut.len(), 10);
+    let both = store.changes_after(start, 12).await.unwrap();
+    assert_eq!(both.len(), 11);
+    assert_eq!(both[10].version, start + 2);
+    assert!(store.changes_after(start + 2, 4).await.unwrap().is_empty());
+    // A transaction that changes nothing announces nothing.
+    let tx = store.begin().await.unwrap();
+    tx.commit(CommitOptions::default()).await.unwrap();
+    assert!(!signal.has_changed().unwrap());
 }
