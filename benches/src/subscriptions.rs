@@ -235,7 +235,7 @@ async fn open_many(
         if i > 0 && i % STREAMS_PER_CONNECTION == 0 {
             channel = connect(addr).await?;
         }
-        streams.push(follow(channel.clone(), start.clone()).await?);
+        streams.push(follow(channel.clone(), start).await?);
     }
     Ok(streams)
 }
@@ -351,10 +351,13 @@ async fn measure(name: &'static str, quiver: &QuiverProcess, options: &Options) 
     })
 }
 
+/// Where the ceiling server sends a subscriber's messages.
+type Outbox = mpsc::Sender<Result<SubscribeResponse, Status>>;
+
 /// The ceiling: a tonic server of the same service that only streams.
 #[derive(Clone, Default)]
 struct Ceiling {
-    subscribers: Arc<Mutex<Vec<mpsc::Sender<Result<SubscribeResponse, Status>>>>>,
+    subscribers: Arc<Mutex<Vec<Outbox>>>,
     burst: Arc<Mutex<usize>>,
 }
 
