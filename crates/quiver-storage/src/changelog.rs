@@ -355,45 +355,62 @@ impl Store {
     /// a commit, in the order they were made: whole commits only, as many as fit in
     /// `limit` changes — but always at least the next commit, however large.
     pub async fn changes_after(&self, after_version: u64, limit: usize) -> Result<Vec<Change>> {
-        let limit = limit.max(1);
-        let mut changes = self
-            .changes_between(after_version, u64::MAX, Some(limit))
+        // The commits first (by their primary key), then their changes by a bounded
+        // version range: the join never looks beyond the commits it returns, however
+        // long the log.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("version", DataType::Int64, false),
+            Field::new("changes", DataType::Int64, false),
+        ]));
+        let sql = format!(
+            "SELECT version, changes FROM _quiver_commits WHERE version > {} ORDER BY version LIMIT {}",
+            self.dialect().placeholder(1, &crate::Value::Int(0)),
+            limit.max(1)
+        );
+        let after = i64::try_from(after_version).unwrap_or(i64::MAX);
+        let commits: Vec<RecordBatch> = self
+            .query(sql, vec![crate::Value::Int(after)], schema)
+            .await?
+            .try_collect()
             .await?;
-        if changes.len() >= limit {
-            let (first, last) = (changes[0].version, changes[changes.len() - 1].version);
-            if first == last {
-                // One commit larger than the limit: read it whole.
-                changes = self.changes_between(first - 1, first, None).await?;
-            } else {
-                changes.retain(|change| change.version != last);
+        let mut upto = None;
+        let mut total = 0_i64;
+        'commits: for batch in &commits {
+            let versions = batch.column(0).as_primitive::<Int64Type>();
+            let counts = batch.column(1).as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                total += counts.value(row);
+                if upto.is_some() && total > i64::try_from(limit).unwrap_or(i64::MAX) {
+                    break 'commits;
+                }
+                upto = Some(u64::try_from(versions.value(row)).unwrap_or_default());
             }
         }
-        Ok(changes)
+        match upto {
+            None => Ok(Vec::new()),
+            Some(upto) => self.changes_between(after_version, upto).await,
+        }
     }
 
-    /// The changes with versions in `(after, upto]`, at most `limit` of them.
-    async fn changes_between(
-        &self,
-        after: u64,
-        upto: u64,
-        limit: Option<usize>,
-    ) -> Result<Vec<Change>> {
-        let limit = limit.map(|n| format!("LIMIT {n}")).unwrap_or_default();
+    /// The changes with versions in `(after, upto]`.
+    async fn changes_between(&self, after: u64, upto: u64) -> Result<Vec<Change>> {
         let sql = match self.dialect() {
-            Dialect::Sqlite => format!(
+            Dialect::Sqlite =>
                 "SELECT c.version, m.committed_at, c.table_name, c.op, c.row_key, c.row_after, c.row_before, m.trace_context
                  FROM _quiver_changes c JOIN _quiver_commits m ON m.version = c.version
-                 WHERE c.version > ?1 AND c.version <= ?2 ORDER BY c.version, c.id {limit}"
-            ),
-            Dialect::Postgres => format!(
+                 WHERE c.version > ?1 AND c.version <= ?2 ORDER BY c.version, c.id",
+            Dialect::Postgres =>
                 "SELECT m.version, m.committed_at, c.table_name, c.op, c.row_key::text, c.row_after::text, c.row_before::text, m.trace_context
                  FROM public._quiver_commits m JOIN public._quiver_changes c ON c.txid = m.txid
-                 WHERE m.version > $1::int8 AND m.version <= $2::int8 ORDER BY m.version, c.id {limit}"
-            ),
+                 WHERE m.version > $1::int8 AND m.version <= $2::int8 ORDER BY m.version, c.id",
         };
         let bound = |version: u64| crate::Value::Int(i64::try_from(version).unwrap_or(i64::MAX));
         let batches: Vec<RecordBatch> = self
-            .query(sql, vec![bound(after), bound(upto)], changes_schema())
+            .query(
+                sql.to_owned(),
+                vec![bound(after), bound(upto)],
+                changes_schema(),
+            )
             .await?
             .try_collect()
             .await?;

