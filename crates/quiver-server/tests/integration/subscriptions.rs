@@ -20,27 +20,6 @@ use quiver_server::config::ServeArgs;
 use quiver_server::test_utils::{TestServer, TestStore};
 use tonic::Code;
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(quiver_server::test_utils::TestStore::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(quiver_server::test_utils::TestStore::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
     filtered_stream_equals_the_predicate_run_as_sql,
     resume_points_the_log_no_longer_holds_are_refused,

@@ -25,27 +25,6 @@ use tonic::transport::Channel;
 
 use crate::common::flight_rows;
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(quiver_server::test_utils::TestStore::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(quiver_server::test_utils::TestStore::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
     mutations_round_trip_with_growing_commit_versions,
     bad_mutations_get_precise_codes_and_change_nothing,
