@@ -72,6 +72,20 @@ impl PgConnection {
     }
 }
 
+/// Opens one connection to `target` (described by `config`), outside any pool.
+async fn open(
+    config: &tokio_postgres::Config,
+    target: &str,
+) -> Result<(
+    Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+)> {
+    config.connect(NoTls).await.map_err(|err| Error::Connect {
+        target: target.to_owned(),
+        message: with_causes(&err),
+    })
+}
+
 /// Opens connections for the pool.
 #[derive(Debug, Clone)]
 pub(crate) struct PgManager {
@@ -84,14 +98,7 @@ impl bb8::ManageConnection for PgManager {
     type Error = Error;
 
     async fn connect(&self) -> Result<PgConnection> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|err| Error::Connect {
-                    target: self.target.clone(),
-                    message: with_causes(&err),
-                })?;
+        let (client, connection) = open(&self.config, &self.target).await?;
         tokio::spawn(
             async move {
                 if let Err(err) = connection.await {
@@ -212,14 +219,7 @@ impl PostgresStore {
     /// One listening connection: `Err` when it cannot be set up, `Ok` when it was
     /// listening and closed.
     async fn listen(&self, commits: &tokio::sync::watch::Sender<u64>) -> Result<()> {
-        let (client, mut connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|err| Error::Connect {
-                    target: self.target.clone(),
-                    message: with_causes(&err),
-                })?;
+        let (client, mut connection) = open(&self.config, &self.target).await?;
         let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(
             async move {
