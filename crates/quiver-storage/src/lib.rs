@@ -7,28 +7,38 @@
 //! - [`store`]: [`Store`], the backend-independent handle (open by URL, query, execute,
 //!   catalog, pool status).
 //! - [`sqlite`]: the embedded SQLite backend — a pool of reader connections, one
-//!   writer, and the SQLite→Arrow type mapping ([`sqlite::types`]).
+//!   writer, its write transactions, and the SQLite→Arrow type mapping
+//!   ([`sqlite::types`]).
 //! - [`postgres`]: the PostgreSQL backend — pooled tokio-postgres connections, binary
-//!   reads decoded into Arrow, the PostgreSQL→Arrow mapping ([`postgres::types`]).
+//!   reads decoded into Arrow, its write transactions, the PostgreSQL→Arrow mapping
+//!   ([`postgres::types`]).
 //! - [`pool`]: the pool both share — bb8 behind a FIFO gate, metrics, leak detection,
 //!   reconnect with backoff.
+//! - [`transaction`]: [`Transaction`], the one face of both backends' write
+//!   transactions; [`commit`]: what a commit records and answers.
+//! - [`changelog`]: the change log — installing it, reading it back, retention;
+//!   [`capture`]: its tables and capture triggers as SQL.
 //! - [`catalog`]: schemas, tables, columns, keys and indexes as introspected.
-//! - [`transaction`]: write transactions committed with a change-log version.
-//! - [`changelog`]: the change log — tables, capture triggers, reading it back.
+//! - [`dialect`]: quoting, placeholders, reserved names and `COPY` text per backend.
 //! - [`value`]: parameter values bound to statements, and Arrow values read as them.
+//! - [`stream`]: batch streams read from the store.
 //! - [`time`]: ISO-8601 date/time text ↔ Arrow units.
 //! - [`demo`]: the deterministic task-management demo data set.
 //! - [`error`]: [`Error`] and [`Result`].
 //! - `testing` (feature `test-utils`): canonical row text for comparing with SQLite.
 
+pub mod capture;
 pub mod catalog;
 pub mod changelog;
+pub mod commit;
 pub mod demo;
+pub mod dialect;
 pub mod error;
 pub mod pool;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
+pub mod stream;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod time;
@@ -39,10 +49,11 @@ pub use catalog::{
     Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
 };
 pub use changelog::Change;
+pub use commit::{Capture, CommitOptions, CommitOutcome, IdempotencyRecord, StoredResponse};
+pub use dialect::Dialect;
 pub use error::{Error, Result};
 pub use pool::{PoolOptions, PoolStatus, WaitHistogram};
-pub use store::{BatchStream, Dialect, Store, StoreLocation, StoreOptions};
-pub use transaction::{
-    CommitOptions, CommitOutcome, IdempotencyRecord, StoredResponse, Transaction,
-};
+pub use store::{Store, StoreLocation, StoreOptions};
+pub use stream::BatchStream;
+pub use transaction::Transaction;
 pub use value::Value;

@@ -9,6 +9,7 @@
 
 mod introspect;
 pub(crate) mod read;
+pub(crate) mod transaction;
 pub mod types;
 
 use std::collections::HashMap;
@@ -24,11 +25,8 @@ use self::read::{Decoder, Raw};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::pool::{Lease, Pool, PoolOptions, PoolStatus};
-use crate::store::BatchStream;
+use crate::stream::BatchStream;
 use crate::value::Value;
-
-/// The schema unqualified names resolve in.
-pub const POSTGRES_SCHEMA: &str = "public";
 
 /// The `NOTIFY` channel every commit announces its version on.
 pub const COMMIT_CHANNEL: &str = "quiver_commits";
@@ -464,7 +462,7 @@ pub(crate) fn copy_chunks(rows: &[Vec<Value>]) -> Vec<bytes::Bytes> {
     let mut text = String::with_capacity(CHUNK + 1024);
     for row in rows {
         let fields: Vec<Option<String>> = row.iter().map(copy_text).collect();
-        crate::demo::copy_line(&mut text, fields.iter().map(Option::as_deref));
+        crate::dialect::copy_line(&mut text, fields.iter().map(Option::as_deref));
         if text.len() >= CHUNK {
             chunks.push(bytes::Bytes::from(std::mem::take(&mut text)));
         }

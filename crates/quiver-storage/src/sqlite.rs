@@ -8,6 +8,7 @@
 mod introspect;
 mod pool;
 mod read;
+pub(crate) mod transaction;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -19,14 +20,13 @@ use rusqlite::Connection;
 use tokio::sync::{Mutex, mpsc};
 use tracing::Instrument;
 
-pub use introspect::{INTERNAL_TABLE_PREFIX, SQLITE_SCHEMA};
 pub use pool::SqliteOptions;
 
 use self::pool::{SqliteManager, open_connection};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::pool::{Lease, Pool, PoolOptions, PoolStatus};
-use crate::store::BatchStream;
+use crate::stream::BatchStream;
 use crate::value::Value;
 
 /// SQLite VM instructions between two checks whether the reader went away.
@@ -53,7 +53,12 @@ impl SqliteStore {
         let writer = {
             let path = path.to_owned();
             let options = options.clone();
-            tokio::task::spawn_blocking(move || open_connection(&path, &options, false)).await??
+            tokio::task::spawn_blocking(move || {
+                let conn = open_connection(&path, &options, false)?;
+                conn.execute_batch(crate::capture::SQLITE_WRITER_SQL)?;
+                Ok::<_, Error>(conn)
+            })
+            .await??
         };
         let manager = SqliteManager {
             path: path.to_owned(),

@@ -1,26 +1,20 @@
 //! The backend-independent face of the storage layer.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
-use futures::Stream;
-
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use futures::TryStreamExt;
 
-use crate::catalog::{Catalog, ColumnInfo, TableInfo};
+use crate::catalog::{Catalog, TableInfo};
+use crate::dialect::Dialect;
 use crate::error::{Error, Result};
 use crate::pool::{PoolOptions, PoolStatus};
 use crate::postgres::PostgresStore;
 use crate::sqlite::{SqliteOptions, SqliteStore};
+use crate::stream::BatchStream;
 use crate::value::Value;
-
-/// A stream of record batches read from the store.
-pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>;
 
 /// Everything needed to open a store.
 #[derive(Debug, Clone)]
@@ -39,56 +33,6 @@ impl Default for StoreOptions {
             pool: PoolOptions::default(),
             sqlite: SqliteOptions::default(),
             batch_size: 8192,
-        }
-    }
-}
-
-/// How SQL text is spelled for a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// SQLite: `"ident"`, `?N` placeholders.
-    Sqlite,
-    /// PostgreSQL: `"ident"`, `$N::type` placeholders (typed by the bound value, so
-    /// the server never has to guess a parameter's type from context).
-    Postgres,
-}
-
-impl Dialect {
-    /// Quotes an identifier.
-    pub fn quote_identifier(self, identifier: &str) -> String {
-        format!("\"{}\"", identifier.replace('"', "\"\""))
-    }
-
-    /// A column as a select-list item: its quoted name, or a cast to text when the
-    /// store's type has no Arrow form (`read_as_text`).
-    pub fn select_column(self, column: &ColumnInfo) -> String {
-        let name = self.quote_identifier(&column.name);
-        if column.read_as_text {
-            format!("CAST({name} AS TEXT)")
-        } else {
-            name
-        }
-    }
-
-    /// The placeholder for the one-based parameter `index`, bound to `value`.
-    pub fn placeholder(self, index: usize, value: &Value) -> String {
-        match self {
-            Dialect::Sqlite => format!("?{index}"),
-            Dialect::Postgres => {
-                format!(
-                    "${index}::{}",
-                    crate::postgres::read::placeholder_cast(value)
-                )
-            }
-        }
-    }
-
-    /// Whether text comparisons (`<`, `BETWEEN`, …) must name the byte-order collation
-    /// to order like Arrow does.
-    pub fn text_order_collation(self) -> Option<&'static str> {
-        match self {
-            Dialect::Sqlite => None,
-            Dialect::Postgres => Some("\"C\""),
         }
     }
 }
@@ -123,8 +67,9 @@ impl StoreLocation {
     }
 }
 
+/// The backend a store runs on.
 #[derive(Debug)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
 }
@@ -210,10 +155,7 @@ impl Store {
 
     /// The default schema unqualified names resolve in.
     pub fn default_schema(&self) -> &'static str {
-        match &*self.backend {
-            Backend::Sqlite(_) => crate::sqlite::SQLITE_SCHEMA,
-            Backend::Postgres(_) => crate::postgres::POSTGRES_SCHEMA,
-        }
+        self.dialect().default_schema()
     }
 
     /// Rows per batch when reading.
@@ -329,18 +271,8 @@ impl Store {
         }
     }
 
-    pub(crate) fn sqlite(&self) -> Option<&SqliteStore> {
-        match &*self.backend {
-            Backend::Sqlite(store) => Some(store),
-            Backend::Postgres(_) => None,
-        }
-    }
-
-    pub(crate) fn postgres(&self) -> Option<&PostgresStore> {
-        match &*self.backend {
-            Backend::Postgres(store) => Some(store),
-            Backend::Sqlite(_) => None,
-        }
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 }
 
@@ -373,16 +305,5 @@ mod tests {
                 .to_string()
                 .contains("unsupported database URL")
         );
-    }
-
-    #[test]
-    fn sqlite_placeholders_are_numbered() {
-        assert_eq!(Dialect::Sqlite.placeholder(3, &Value::Int(1)), "?3");
-        assert_eq!(Dialect::Postgres.placeholder(2, &Value::Int(1)), "$2::int8");
-        assert_eq!(
-            Dialect::Postgres.placeholder(1, &Value::Text("a".into())),
-            "$1::text"
-        );
-        assert_eq!(Dialect::Sqlite.quote_identifier("a\"b"), "\"a\"\"b\"");
     }
 }

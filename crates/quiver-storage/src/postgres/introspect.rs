@@ -9,8 +9,8 @@ use super::types::{ColumnType, map_type};
 use crate::catalog::{
     Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
 };
+use crate::dialect::is_internal_name;
 use crate::error::Result;
-use crate::sqlite::INTERNAL_TABLE_PREFIX;
 
 /// Schemas every query leaves out: the system's own.
 const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -98,7 +98,7 @@ pub(crate) async fn read_catalog(client: &Client) -> Result<Catalog> {
     for row in client.query(&columns_sql(), &[]).await? {
         let schema: String = row.get(0);
         let name: String = row.get(1);
-        if name.starts_with(INTERNAL_TABLE_PREFIX) {
+        if is_internal_name(&schema) || is_internal_name(&name) {
             continue;
         }
         let relkind: String = row.get(2);
@@ -190,7 +190,10 @@ pub(crate) async fn read_catalog(client: &Client) -> Result<Catalog> {
 
     let mut schemas: HashMap<String, Vec<TableInfo>> = HashMap::new();
     for row in client.query(&schemas_sql(), &[]).await? {
-        schemas.entry(row.get(0)).or_default();
+        let name: String = row.get(0);
+        if !is_internal_name(&name) {
+            schemas.entry(name).or_default();
+        }
     }
     for ((schema, _), table) in tables {
         schemas.entry(schema).or_default().push(table);

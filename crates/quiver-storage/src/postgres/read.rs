@@ -476,21 +476,6 @@ impl ToSql for Value {
     to_sql_checked!();
 }
 
-/// The SQL type a placeholder for `value` is cast to, so that PostgreSQL infers the
-/// parameter's type from the value rather than from context.
-pub(crate) fn placeholder_cast(value: &Value) -> &'static str {
-    match value {
-        Value::Null | Value::Text(_) => "text",
-        Value::Bool(_) => "boolean",
-        Value::Int(_) => "int8",
-        Value::Float(_) => "float8",
-        Value::Blob(_) => "bytea",
-        Value::Date(_) => "date",
-        Value::Timestamp(_) => "timestamp",
-        Value::Decimal(_) => "numeric",
-    }
-}
-
 /// Encodes decimal text (`-12.50`, `1e3` is not accepted) in PostgreSQL's binary
 /// `numeric` format: base-10000 digits, weight, sign and display scale.
 pub(crate) fn encode_numeric(text: &str) -> Result<Vec<u8>, BoxError> {

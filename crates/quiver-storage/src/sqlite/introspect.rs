@@ -8,44 +8,21 @@ use super::types::{ObservedClasses, arrow_type_for_declared};
 use crate::catalog::{
     Catalog, ColumnInfo, ForeignKey, ForeignKeyAction, IndexInfo, SchemaInfo, TableInfo, TableKind,
 };
+use crate::dialect::{SQLITE_SCHEMA, is_internal_name};
 use crate::error::Result;
-
-/// The only schema of a SQLite database as Quiver exposes it.
-pub const SQLITE_SCHEMA: &str = "main";
-
-/// Prefix of the tables Quiver keeps for itself; they are not part of the user catalog.
-pub const INTERNAL_TABLE_PREFIX: &str = "_quiver_";
 
 /// Rows sampled to infer the type of a column that has no declared type.
 const INFERENCE_SAMPLE_ROWS: usize = 100;
 
 /// Reads the catalog of the `main` database. Blocking.
 pub(crate) fn read_catalog(conn: &Connection) -> Result<Catalog> {
-    let mut statement = conn.prepare(
-        "SELECT name, type FROM sqlite_schema
-         WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-         ORDER BY name",
-    )?;
-    let relations = statement
-        .query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     let has_stats: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_stat1'",
         [],
         |row| row.get(0),
     )?;
-    let mut tables = Vec::with_capacity(relations.len());
-    for (name, kind) in relations {
-        if name.starts_with(INTERNAL_TABLE_PREFIX) {
-            continue;
-        }
-        let kind = if kind == "view" {
-            TableKind::View
-        } else {
-            TableKind::Table
-        };
+    let mut tables = Vec::new();
+    for (name, kind) in relations(conn)? {
         let mut table = read_table(conn, &name, kind)?;
         if has_stats {
             table.estimated_rows = estimated_rows(conn, &name)?;
@@ -58,6 +35,42 @@ pub(crate) fn read_catalog(conn: &Connection) -> Result<Catalog> {
             tables,
         }],
     })
+}
+
+/// The base tables of the `main` database as `conn` sees them (its own uncommitted
+/// DDL included), without planner estimates. Blocking.
+pub(crate) fn base_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
+    relations(conn)?
+        .into_iter()
+        .filter(|(_, kind)| *kind == TableKind::Table)
+        .map(|(name, kind)| read_table(conn, &name, kind))
+        .collect()
+}
+
+/// The user's tables and views of `main`, by name: SQLite's own and Quiver's left out.
+fn relations(conn: &Connection) -> Result<Vec<(String, TableKind)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT name, type FROM main.sqlite_schema
+         WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+         ORDER BY name",
+    )?;
+    let relations = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(relations
+        .into_iter()
+        .filter(|(name, _)| !is_internal_name(name))
+        .map(|(name, kind)| {
+            let kind = if kind == "view" {
+                TableKind::View
+            } else {
+                TableKind::Table
+            };
+            (name, kind)
+        })
+        .collect())
 }
 
 fn quote(identifier: &str) -> String {

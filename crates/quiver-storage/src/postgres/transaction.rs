@@ -1,0 +1,326 @@
+//! A write transaction on PostgreSQL: one pooled connection from `BEGIN` to `COMMIT`.
+//!
+//! Capture is switched on for the transaction (`quiver.capture`); the version is taken
+//! as the last step before `COMMIT` by updating the clock row, whose lock orders the
+//! commits (see [`crate::changelog`]).
+
+use tokio_postgres::types::{ToSql, Type};
+
+use super::{COMMIT_CHANNEL, PgManager, PostgresStore};
+use crate::capture;
+use crate::catalog::{TableInfo, TableKind};
+use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse};
+use crate::dialect::Dialect;
+use crate::error::Result;
+use crate::pool::Lease;
+use crate::value::Value;
+
+/// An open PostgreSQL write transaction; its connection is retired when it is dropped
+/// unfinished (it must never be handed out inside a transaction).
+pub(crate) struct PostgresTransaction {
+    lease: Box<Lease<PgManager>>,
+    capture: Capture,
+    finished: bool,
+}
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+impl PostgresTransaction {
+    /// Takes a pooled connection and begins.
+    pub(crate) async fn begin(store: &PostgresStore, capture: Capture) -> Result<Self> {
+        let mut lease = store.connection().await?;
+        let begin = match capture {
+            Capture::On => "BEGIN; SET LOCAL quiver.capture = 'on'; SET LOCAL TimeZone = 'UTC';",
+            Capture::Off => "BEGIN; SET LOCAL TimeZone = 'UTC';",
+        };
+        lease.client().batch_execute(begin).await?;
+        Ok(Self {
+            lease: Box::new(lease),
+            capture,
+            finished: false,
+        })
+    }
+
+    /// Executes `;`-separated statements without parameters.
+    pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<()> {
+        Ok(self.lease.client().batch_execute(sql).await?)
+    }
+
+    /// Runs `sql` once per parameter row, pipelined: one round trip's wait for all of
+    /// them. Returns the rows changed and the rows returned, in order.
+    pub(crate) async fn run_many(
+        &mut self,
+        sql: &str,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<(u64, Vec<Vec<Value>>)> {
+        let statement = self.lease.prepare(sql).await?;
+        let client = self.lease.client();
+        let returns_rows = !statement.columns().is_empty();
+        let runs = rows.iter().map(|params| {
+            let statement = &statement;
+            async move {
+                let params: Vec<Param<'_>> = params.iter().map(|p| p as _).collect();
+                if returns_rows {
+                    let rows = client.query(statement, &params).await?;
+                    let values = rows
+                        .iter()
+                        .map(|row| (0..row.len()).map(|i| row_value(row, i)).collect())
+                        .collect::<Result<Vec<Vec<Value>>>>()?;
+                    Ok::<_, crate::error::Error>((values.len() as u64, values))
+                } else {
+                    Ok((client.execute(statement, &params).await?, Vec::new()))
+                }
+            }
+        });
+        let results = futures::future::try_join_all(runs).await?;
+        let mut changed = 0;
+        let mut returned = Vec::new();
+        for (count, values) in results {
+            changed += count;
+            returned.extend(values);
+        }
+        Ok((changed, returned))
+    }
+
+    /// Inserts `rows` into `target` (quoted, qualified) with `COPY`.
+    pub(crate) async fn bulk_insert(
+        &mut self,
+        target: &str,
+        columns: &[String],
+        rows: Vec<Vec<Value>>,
+    ) -> Result<u64> {
+        let names: Vec<String> = columns
+            .iter()
+            .map(|c| Dialect::Postgres.quote_identifier(c))
+            .collect();
+        let statement = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
+        let chunks = super::copy_chunks(&rows);
+        PostgresStore::copy_in(self.lease.client(), &statement, chunks).await
+    }
+
+    /// The stored answer for `key`, if an earlier request with it committed.
+    pub(crate) async fn stored_response(&mut self, key: &str) -> Result<Option<StoredResponse>> {
+        let statement = self
+            .lease
+            .prepare(
+                "SELECT request_hash, response FROM public._quiver_idempotency WHERE idempotency_key = $1::text",
+            )
+            .await?;
+        let row = self.lease.client().query_opt(&statement, &[&key]).await?;
+        Ok(match row {
+            None => None,
+            Some(row) => Some(StoredResponse {
+                request_hash: row.try_get(0)?,
+                response: row.try_get(1)?,
+            }),
+        })
+    }
+
+    /// Logs a table-level event (`truncate`).
+    pub(crate) async fn log_table_event(&mut self, table: &str, op: &str) -> Result<()> {
+        let statement = self
+            .lease
+            .prepare(
+                "INSERT INTO public._quiver_changes (table_name, op) VALUES ($1::text, $2::text)",
+            )
+            .await?;
+        self.lease
+            .client()
+            .execute(&statement, &[&table, &op])
+            .await?;
+        Ok(())
+    }
+
+    /// Installs capture triggers on the tables that lack them, as this transaction
+    /// sees them. Replicas starting together take turns (an advisory lock), as
+    /// `CREATE TRIGGER` races otherwise.
+    pub(crate) async fn capture_tables(&mut self) -> Result<()> {
+        self.lease
+            .client()
+            .batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock({})",
+                capture::POSTGRES_INSTALL_LOCK
+            ))
+            .await?;
+        let uncaptured = self
+            .lease
+            .prepare(
+                "SELECT n.nspname::text, c.relname::text,
+                        coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                                  FROM pg_index i
+                                  CROSS JOIN unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                  WHERE i.indrelid = c.oid AND i.indisprimary), '{}')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind IN ('r', 'p')
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg\\_%'
+                   AND n.nspname NOT LIKE '\\_quiver%'
+                   AND c.relname NOT LIKE '\\_quiver%'
+                   AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                   WHERE t.tgrelid = c.oid AND t.tgname = '_quiver_capture_insert')",
+            )
+            .await?;
+        let rows = self.lease.client().query(&uncaptured, &[]).await?;
+        let mut script = String::new();
+        for row in rows {
+            let table = keyed_table(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            script.push_str(&capture::triggers_sql(Dialect::Postgres, &table));
+        }
+        if !script.is_empty() {
+            self.lease.client().batch_execute(&script).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits: a version when anything changed (taken last, so the clock row's lock
+    /// orders commits), the commit record, the per-table versions, the announcement
+    /// and the idempotency answer, all in this transaction.
+    pub(crate) async fn commit(
+        mut self,
+        committed_at: i64,
+        options: CommitOptions,
+    ) -> Result<CommitOutcome> {
+        let outcome = match self.capture {
+            Capture::On => commit(&mut self.lease, committed_at, options).await?,
+            Capture::Off => {
+                self.lease.client().batch_execute("COMMIT").await?;
+                CommitOutcome {
+                    version: 0,
+                    changes: 0,
+                }
+            }
+        };
+        self.finished = true;
+        Ok(outcome)
+    }
+
+    /// Rolls back everything this transaction did.
+    pub(crate) async fn rollback(mut self) -> Result<()> {
+        self.finished = true;
+        Ok(self.lease.client().batch_execute("ROLLBACK").await?)
+    }
+}
+
+impl Drop for PostgresTransaction {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The connection is inside a transaction: never hand it out as it is.
+            self.lease.retire = true;
+        }
+    }
+}
+
+/// A table known only by name and primary key (enough for capture triggers).
+fn keyed_table(schema: String, name: String, primary_key: Vec<String>) -> TableInfo {
+    TableInfo {
+        schema,
+        name,
+        kind: TableKind::Table,
+        columns: Vec::new(),
+        primary_key,
+        foreign_keys: Vec::new(),
+        indexes: Vec::new(),
+        estimated_rows: None,
+        range_key: None,
+    }
+}
+
+fn row_value(row: &tokio_postgres::Row, index: usize) -> Result<Value> {
+    let ty = row.columns()[index].type_().clone();
+    let value = match ty {
+        Type::BOOL => row.try_get::<_, Option<bool>>(index)?.map(Value::Bool),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(index)?
+            .map(|v| Value::Int(v.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(index)?
+            .map(|v| Value::Int(v.into())),
+        Type::INT8 => row.try_get::<_, Option<i64>>(index)?.map(Value::Int),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(index)?
+            .map(|v| Value::Float(v.into())),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(index)?.map(Value::Float),
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(index)?.map(Value::Blob),
+        _ => row.try_get::<_, Option<String>>(index)?.map(Value::Text),
+    };
+    Ok(value.unwrap_or(Value::Null))
+}
+
+async fn commit(
+    lease: &mut Lease<PgManager>,
+    committed_at: i64,
+    options: CommitOptions,
+) -> Result<CommitOutcome> {
+    let counted = lease
+        .prepare(
+            "SELECT count(*), coalesce(array_agg(DISTINCT table_name), '{}')
+             FROM public._quiver_changes WHERE txid = pg_current_xact_id()",
+        )
+        .await?;
+    let row = lease.client().query_one(&counted, &[]).await?;
+    let changes: i64 = row.try_get(0)?;
+    let tables: Vec<String> = row.try_get(1)?;
+    let version: i64 = if changes > 0 {
+        let tick = lease
+            .prepare("UPDATE public._quiver_clock SET version = version + 1 WHERE id = 1 RETURNING version")
+            .await?;
+        let version: i64 = lease.client().query_one(&tick, &[]).await?.try_get(0)?;
+        let record = lease
+            .prepare(
+                "INSERT INTO public._quiver_commits (version, txid, committed_at, changes, trace_context)
+                 VALUES ($1, pg_current_xact_id(), $2, $3, $4)",
+            )
+            .await?;
+        let versions = lease
+            .prepare(
+                "INSERT INTO public._quiver_versions (table_name, version)
+                 SELECT unnest($1::text[]), $2
+                 ON CONFLICT (table_name) DO UPDATE SET version = excluded.version",
+            )
+            .await?;
+        // Delivered to listening replicas when (and only if) the commit succeeds.
+        let notify = lease
+            .prepare(&format!("SELECT pg_notify('{COMMIT_CHANNEL}', $1::text)"))
+            .await?;
+        let client = lease.client();
+        let record_params: [Param<'_>; 4] =
+            [&version, &committed_at, &changes, &options.trace_context];
+        let versions_params: [Param<'_>; 2] = [&tables, &version];
+        let announced = version.to_string();
+        let notify_params: [Param<'_>; 1] = [&announced];
+        futures::try_join!(
+            client.execute(&record, &record_params),
+            client.execute(&versions, &versions_params),
+            client.query_one(&notify, &notify_params),
+        )?;
+        version
+    } else {
+        let latest = lease
+            .prepare("SELECT version FROM public._quiver_clock WHERE id = 1")
+            .await?;
+        lease.client().query_one(&latest, &[]).await?.try_get(0)?
+    };
+    let version = u64::try_from(version).unwrap_or_default();
+    if let Some(record) = options.idempotency {
+        let insert = lease
+            .prepare(
+                "INSERT INTO public._quiver_idempotency (idempotency_key, request_hash, response, created_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .await?;
+        let response = (record.response)(version);
+        lease
+            .client()
+            .execute(
+                &insert,
+                &[&record.key, &record.request_hash, &response, &committed_at],
+            )
+            .await?;
+    }
+    lease.client().batch_execute("COMMIT").await?;
+    Ok(CommitOutcome {
+        version,
+        changes: u64::try_from(changes).unwrap_or_default(),
+    })
+}
