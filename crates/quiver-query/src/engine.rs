@@ -15,7 +15,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use quiver_storage::{Catalog, Store};
+use quiver_storage::{Catalog, Store, TableInfo, TableKind};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -147,6 +147,26 @@ impl QueryEngine {
                 .read()
                 .expect("catalog lock is never poisoned: no panics while held"),
         )
+    }
+
+    /// The base table `name` names: `tasks`, or `schema.table` outside the default
+    /// schema. Fails with `TableNotFound` when there is none and `NotATable` for a view.
+    pub fn resolve_table(&self, name: &str) -> Result<Arc<TableInfo>> {
+        let (schema, table) = match name.split_once('.') {
+            Some((schema, table)) => (schema, table),
+            None => (self.store.default_schema(), name),
+        };
+        if table.is_empty() || schema.is_empty() {
+            return Err(Error::InvalidTableName(name.to_owned()));
+        }
+        let catalog = self.catalog();
+        let info = catalog
+            .table(schema, table)
+            .ok_or_else(|| quiver_storage::Error::TableNotFound(format!("'{name}'")))?;
+        if info.kind != TableKind::Table {
+            return Err(Error::NotATable(name.to_owned()));
+        }
+        Ok(Arc::new(info.clone()))
     }
 
     /// Re-reads the store's catalog and re-registers its tables (after DDL).

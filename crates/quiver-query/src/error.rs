@@ -35,6 +35,14 @@ pub enum Error {
         message: String,
     },
 
+    /// A table name that cannot name a table (an empty part).
+    #[error("invalid table name '{0}'")]
+    InvalidTableName(String),
+
+    /// The name resolves to a view where a base table is needed.
+    #[error("'{0}' is a view; only tables can be written or followed")]
+    NotATable(String),
+
     /// The number of bound values does not match the placeholders.
     #[error("the statement has {expected} parameter(s) but {actual} value(s) were bound")]
     ParameterCount {

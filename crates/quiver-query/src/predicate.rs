@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::pushdown::FilterRenderer;
 
 /// `predicate` as SQL the store evaluates exactly as DataFusion would, with its
-/// literals as parameters numbered from `$1` / `?1`.
+/// literals as parameters numbered from `first_param` (`$N` / `?N`).
 ///
 /// The predicate must be a boolean expression over the table's columns; parts the
 /// store cannot evaluate identically (functions, casts, date comparisons) are refused
@@ -26,6 +26,7 @@ pub fn predicate_sql(
     table: &TableInfo,
     dialect: Dialect,
     predicate: &str,
+    first_param: usize,
 ) -> Result<(String, Vec<Value>)> {
     let invalid = |message: String| Error::Predicate {
         predicate: predicate.to_owned(),
@@ -39,7 +40,7 @@ pub fn predicate_sql(
     let expr = SessionContext::new()
         .parse_sql_expr(predicate, &schema)
         .map_err(|err| invalid(err.find_root().to_string()))?;
-    let mut renderer = FilterRenderer::new(table, dialect);
+    let mut renderer = FilterRenderer::new(table, dialect).starting_at(first_param);
     let sql = renderer.exact(&expr).ok_or_else(|| {
         invalid(
             "only comparisons, IN, BETWEEN, IS [NOT] NULL, AND, OR and NOT over number and \

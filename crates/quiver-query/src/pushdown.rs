@@ -72,8 +72,10 @@ fn literal_value(value: &ScalarValue) -> Option<(Kind, Value)> {
 pub(crate) struct FilterRenderer<'a> {
     table: &'a TableInfo,
     dialect: Dialect,
-    /// Values bound so far; placeholders are numbered after `first_param`.
+    /// Values bound so far, in placeholder order.
     pub(crate) params: Vec<Value>,
+    /// The number of the first placeholder.
+    first_param: usize,
 }
 
 impl<'a> FilterRenderer<'a> {
@@ -82,11 +84,21 @@ impl<'a> FilterRenderer<'a> {
             table,
             dialect,
             params: Vec::new(),
+            first_param: 1,
         }
     }
 
+    /// The same renderer, numbering its placeholders from `first` (when they follow
+    /// other parameters of the statement).
+    pub(crate) fn starting_at(mut self, first: usize) -> Self {
+        self.first_param = first.max(1);
+        self
+    }
+
     fn bind(&mut self, value: Value) -> String {
-        let placeholder = self.dialect.placeholder(self.params.len() + 1, &value);
+        let placeholder = self
+            .dialect
+            .placeholder(self.first_param + self.params.len(), &value);
         self.params.push(value);
         placeholder
     }

@@ -15,7 +15,6 @@ use quiver_storage::{PoolOptions, StoreOptions};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::subscriptions::SubscriptionConfig;
 
 /// The default database: a SQLite file in `./quiver-data`.
 pub const DEFAULT_DB: &str = "sqlite://./quiver-data/quiver.db";
@@ -113,6 +112,27 @@ serve_args! {
     /// Messages queued per subscription before a slow one is served from the change
     /// log instead [default: 1024].
     subscription_buffer: usize, env = "QUIVER_SUBSCRIPTION_BUFFER";
+}
+
+/// Settings of the subscription service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionConfig {
+    /// Most concurrent subscriptions per server.
+    pub max_subscribers: usize,
+    /// How often each subscription is sent a progress message.
+    pub progress_interval: Duration,
+    /// Messages queued per subscription before it is served from the log instead.
+    pub buffer: usize,
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        Self {
+            max_subscribers: 10_000,
+            progress_interval: Duration::from_secs(1),
+            buffer: 1024,
+        }
+    }
 }
 
 /// The resolved, validated configuration of a server.

@@ -104,7 +104,9 @@ fn query_code(err: &quiver_query::Error) -> Code {
         quiver_query::Error::NotAQuery(_)
         | quiver_query::Error::Predicate { .. }
         | quiver_query::Error::Parameter { .. }
-        | quiver_query::Error::ParameterCount { .. } => Code::InvalidArgument,
+        | quiver_query::Error::ParameterCount { .. }
+        | quiver_query::Error::InvalidTableName(_)
+        | quiver_query::Error::NotATable(_) => Code::InvalidArgument,
     }
 }
 

@@ -120,6 +120,17 @@ impl Error {
         }
     }
 
+    /// Whether this is the unique-key violation of two requests committing the same
+    /// idempotency key at once (PostgreSQL; SQLite's single writer orders them).
+    pub fn is_idempotency_conflict(&self) -> bool {
+        match self {
+            Error::Postgres(err) => err.as_db_error().is_some_and(|db| {
+                db.code().code() == "23505" && db.table() == Some("_quiver_idempotency")
+            }),
+            _ => false,
+        }
+    }
+
     /// Whether the connection went away underneath (closed socket, server shutdown or
     /// restart, `pg_terminate_backend`): the statement never ran, a retry on another
     /// connection may succeed.

@@ -8,8 +8,9 @@ use arrow_flight::sql::metadata::{
     SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
 };
 use arrow_flight::sql::{
-    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlOuterJoinsSupportLevel,
-    SqlSupportedCaseSensitivity, SqlSupportedTransaction, XdbcDataType, XdbcDatetimeSubcode,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetTableTypes, CommandGetTables, Nullable,
+    Searchable, SqlInfo, SqlNullOrdering, SqlOuterJoinsSupportLevel, SqlSupportedCaseSensitivity,
+    SqlSupportedTransaction, XdbcDataType, XdbcDatetimeSubcode,
 };
 use quiver_storage::{Catalog, ForeignKeyAction, TableInfo};
 
@@ -177,6 +178,54 @@ pub static XDBC_TYPE_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
     ));
     builder.build().expect("static type info builds")
 });
+
+/// The `GetCatalogs` rows: the one catalog.
+pub fn catalogs(query: CommandGetCatalogs, catalog_name: &str) -> Result<RecordBatch> {
+    let mut builder = query.into_builder();
+    builder.append(catalog_name);
+    Ok(builder.build()?)
+}
+
+/// The `GetDbSchemas` rows matching the query's filters.
+pub fn schemas(
+    query: CommandGetDbSchemas,
+    catalog_name: &str,
+    catalog: &Catalog,
+) -> Result<RecordBatch> {
+    let mut builder = query.into_builder();
+    for schema in &catalog.schemas {
+        builder.append(catalog_name, &schema.name);
+    }
+    Ok(builder.build()?)
+}
+
+/// The `GetTables` rows matching the query's filters, with their schemas when asked.
+pub fn tables(
+    query: CommandGetTables,
+    catalog_name: &str,
+    catalog: &Catalog,
+) -> Result<RecordBatch> {
+    let mut builder = query.into_builder();
+    for table in catalog.tables() {
+        let schema = table_schema(catalog_name, table);
+        builder.append(
+            catalog_name,
+            &table.schema,
+            &table.name,
+            table.kind.as_str(),
+            &schema,
+        )?;
+    }
+    Ok(builder.build()?)
+}
+
+/// The `GetTableTypes` rows.
+pub fn table_types(query: CommandGetTableTypes) -> Result<RecordBatch> {
+    let mut builder = query.into_builder();
+    builder.append("TABLE");
+    builder.append("VIEW");
+    Ok(builder.build()?)
+}
 
 /// A table's Arrow schema with the Flight SQL column metadata (declared type names).
 pub fn table_schema(catalog_name: &str, table: &TableInfo) -> Schema {

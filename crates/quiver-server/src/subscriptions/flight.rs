@@ -25,8 +25,10 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::decode::{Op, Page};
+use super::delivery::{Closed, Sink, run};
 use super::grpc::request_of;
-use super::{Closed, Follow, Hub, Sink, Spec, run};
+use super::hub::Hub;
+use super::spec::{Follow, Spec};
 use crate::error::{Error, Result};
 
 /// The Flight action that turns a subscription request into a ticket.

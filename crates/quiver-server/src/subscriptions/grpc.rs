@@ -12,7 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use super::decode::{Page, proto_row};
-use super::{Closed, Follow, Hub, Request, Sink, Spec, Start, run};
+use super::delivery::{Closed, Sink, run};
+use super::hub::Hub;
+use super::spec::{Follow, Request, Spec, Start};
 use crate::error::Result;
 
 /// Serves `Subscribe` from the shared [`Hub`].

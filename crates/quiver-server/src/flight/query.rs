@@ -1,0 +1,159 @@
+//! Queries: planning a statement handle and describing its result, running it with
+//! its bound parameters, and streaming the batches as Flight data.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use bytes::Bytes;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use quiver_query::params::coerce_values;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::Instrument;
+
+use super::handle::StatementHandle;
+use super::{DoGetStream, QuiverFlightSqlService};
+use crate::error::{Error, Result};
+
+/// Batches encoded ahead of the client per stream.
+const STREAM_BUFFER: usize = 2;
+
+impl QuiverFlightSqlService {
+    /// A `FlightInfo` for a result of `schema` fetched with `ticket`.
+    pub(super) fn flight_info(
+        &self,
+        schema: &Schema,
+        ticket: Bytes,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+        Ok(FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|err| Status::internal(format!("cannot encode schema: {err}")))?
+            .with_endpoint(endpoint)
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1))
+    }
+
+    /// Plans `handle`, checks its bound parameters and describes its result.
+    pub(super) async fn statement_info(
+        &self,
+        handle: StatementHandle,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let query = self
+            .engine
+            .prepare(&handle.sql)
+            .await
+            .map_err(Error::from)?;
+        for row in bound_rows(&handle)? {
+            coerce_values(query.parameters(), row).map_err(Error::from)?;
+        }
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode()?,
+        }
+        .as_any()
+        .encode_to_vec();
+        self.flight_info(&query.schema(), ticket.into(), descriptor)
+    }
+
+    /// Plans and runs the statement of `handle` once per bound parameter row.
+    pub(super) async fn run_statement(
+        &self,
+        handle: StatementHandle,
+    ) -> Result<SendableRecordBatchStream> {
+        let query = self.engine.prepare(&handle.sql).await?;
+        let rows = bound_rows(&handle)?;
+        if rows.len() == 1 {
+            let params = rows.into_iter().next().expect("one row");
+            return Ok(self.engine.execute(&query, params).await?);
+        }
+        // Several parameter rows: the results of each execution, one after another.
+        let schema = query.schema();
+        let engine = Arc::clone(&self.engine);
+        let streams = futures::stream::iter(rows)
+            .then(move |params| {
+                let engine = Arc::clone(&engine);
+                let query = query.clone();
+                async move {
+                    engine
+                        .execute(&query, params)
+                        .await
+                        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                }
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, streams)))
+    }
+
+    /// Encodes batches as Flight data on a task of their own, a few batches ahead.
+    pub(super) fn stream(&self, batches: SendableRecordBatchStream) -> DoGetStream {
+        let schema = batches.schema();
+        let source = batches
+            .map_err(|err| FlightError::Tonic(Box::new(Status::from(Error::Query(err.into())))));
+        let mut encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(self.max_flight_data_size)
+            .build(source);
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let span = tracing::debug_span!("flight.stream", messages = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let mut messages = 0u64;
+                while let Some(item) = encoded.next().await {
+                    let item = item.map_err(|err| match err {
+                        FlightError::Tonic(status) => *status,
+                        other => Status::internal(other.to_string()),
+                    });
+                    let failed = item.is_err();
+                    if sender.send(item).await.is_err() || failed {
+                        break;
+                    }
+                    messages += 1;
+                }
+                tracing::Span::current().record("messages", messages);
+            }
+            .instrument(span),
+        );
+        Box::pin(ReceiverStream::new(receiver))
+    }
+
+    /// One batch as a whole DoGet stream (metadata answers).
+    pub(super) fn stream_batch(&self, batch: RecordBatch) -> DoGetStream {
+        let schema = batch.schema();
+        let batches = futures::stream::iter([Ok(batch)]);
+        self.stream(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// The parameter values bound to `handle`, one list per row (one empty list when none
+/// are bound).
+fn bound_rows(handle: &StatementHandle) -> Result<Vec<Vec<ScalarValue>>> {
+    let Some(batch) = &handle.params else {
+        return Ok(vec![Vec::new()]);
+    };
+    (0..batch.num_rows())
+        .map(|row| {
+            batch
+                .columns()
+                .iter()
+                .map(|column| {
+                    ScalarValue::try_from_array(column, row).map_err(|err| {
+                        Error::InvalidRequest(format!("cannot read parameter value: {err}"))
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}

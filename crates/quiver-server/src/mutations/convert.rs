@@ -1,0 +1,262 @@
+//! Values in and out of the Mutations API: typed protobuf values checked against a
+//! column's type, Arrow IPC rows checked against a table, and store values read back
+//! (generated keys) as protobuf values of the column's type.
+
+use std::io::Cursor;
+
+use arrow::datatypes::DataType;
+use arrow::ipc::reader::StreamReader;
+use quiver_proto::v1::{self as pb, value::Kind};
+use quiver_storage::{ColumnInfo, TableInfo, Value};
+
+use crate::error::{Error, Result};
+
+/// Rows naming the same columns: the column names, then each row's values.
+pub(super) type RowRun = (Vec<String>, Vec<Vec<Value>>);
+
+/// What to call a value's kind in messages.
+fn kind_name(kind: &Option<Kind>) -> &'static str {
+    match kind {
+        None | Some(Kind::Null(_)) => "null",
+        Some(Kind::Bool(_)) => "bool",
+        Some(Kind::Int64(_)) => "int64",
+        Some(Kind::Double(_)) => "double",
+        Some(Kind::String(_)) => "string",
+        Some(Kind::Bytes(_)) => "bytes",
+        Some(Kind::TimestampMicros(_)) => "timestamp_micros",
+        Some(Kind::DateDays(_)) => "date_days",
+        Some(Kind::Decimal(_)) => "decimal",
+    }
+}
+
+/// What a column takes, for messages.
+fn expected_kind(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Boolean => "bool",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "int64",
+        DataType::Float32 | DataType::Float64 => "double or int64",
+        DataType::Decimal128(..) | DataType::Decimal256(..) => "decimal, int64 or double",
+        DataType::Binary | DataType::LargeBinary => "bytes",
+        DataType::Date32 => "date_days",
+        DataType::Timestamp(..) => "timestamp_micros",
+        _ => "string",
+    }
+}
+
+fn is_decimal_text(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+}
+
+/// Converts a protobuf value for `column`, or explains why it does not fit.
+pub(super) fn store_value(column: &ColumnInfo, value: &pb::Value, row: usize) -> Result<Value> {
+    let kind = &value.kind;
+    let mismatch = || {
+        Error::InvalidRequest(format!(
+            "row {row}, column '{}': expected {} ({}), got {}",
+            column.name,
+            expected_kind(&column.data_type),
+            column.declared_type,
+            kind_name(kind)
+        ))
+    };
+    let out_of_range = |v: i64| {
+        Error::InvalidRequest(format!(
+            "row {row}, column '{}': {v} is out of range for {}",
+            column.name, column.declared_type
+        ))
+    };
+    let Some(kind) = kind else {
+        return Ok(Value::Null);
+    };
+    Ok(match (&column.data_type, kind) {
+        (_, Kind::Null(_)) => Value::Null,
+        (DataType::Boolean, Kind::Bool(v)) => Value::Bool(*v),
+        (DataType::Int8, Kind::Int64(v)) => {
+            i8::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        (DataType::Int16, Kind::Int64(v)) => {
+            i16::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        (DataType::Int32, Kind::Int64(v)) => {
+            i32::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        (DataType::Int64, Kind::Int64(v)) => Value::Int(*v),
+        (DataType::Float32 | DataType::Float64, Kind::Double(v)) => Value::Float(*v),
+        (DataType::Float32 | DataType::Float64, Kind::Int64(v)) => Value::Float(*v as f64),
+        (DataType::Decimal128(..) | DataType::Decimal256(..), Kind::Decimal(v)) => {
+            if !is_decimal_text(v) {
+                return Err(Error::InvalidRequest(format!(
+                    "row {row}, column '{}': '{v}' is not a decimal number",
+                    column.name
+                )));
+            }
+            Value::Decimal(v.clone())
+        }
+        (DataType::Decimal128(..) | DataType::Decimal256(..), Kind::Int64(v)) => {
+            Value::Decimal(v.to_string())
+        }
+        (DataType::Decimal128(..) | DataType::Decimal256(..), Kind::Double(v)) if v.is_finite() => {
+            Value::Decimal(v.to_string())
+        }
+        (DataType::Binary | DataType::LargeBinary, Kind::Bytes(v)) => Value::Blob(v.clone()),
+        (DataType::Date32, Kind::DateDays(v)) => Value::Date(*v),
+        (DataType::Timestamp(..), Kind::TimestampMicros(v)) => Value::Timestamp(*v),
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Kind::String(v)) => {
+            Value::Text(v.clone())
+        }
+        // Types without a typed form (time, interval, arrays) are written as text the
+        // store parses.
+        (
+            DataType::Time32(_)
+            | DataType::Time64(_)
+            | DataType::Interval(_)
+            | DataType::List(_)
+            | DataType::LargeList(_),
+            Kind::String(v),
+        ) => Value::Text(v.clone()),
+        _ => return Err(mismatch()),
+    })
+}
+
+/// A value read back from the store (generated keys) as a protobuf value of the
+/// column's type.
+pub(super) fn proto_value(column: &ColumnInfo, value: Value) -> pb::Value {
+    let kind = match (value, &column.data_type) {
+        (Value::Null, _) => Kind::Null(pb::NullValue::NullValue as i32),
+        (Value::Int(v), DataType::Boolean) => Kind::Bool(v != 0),
+        (Value::Bool(v), _) => Kind::Bool(v),
+        (Value::Int(v), DataType::Float32 | DataType::Float64) => Kind::Double(v as f64),
+        (Value::Int(v), DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+            Kind::Decimal(v.to_string())
+        }
+        (Value::Int(v), _) => Kind::Int64(v),
+        (Value::Float(v), _) => Kind::Double(v),
+        (Value::Text(v), DataType::Timestamp(..)) => {
+            match quiver_storage::time::parse_timestamp_micros(&v) {
+                Some(micros) => Kind::TimestampMicros(micros),
+                None => Kind::String(v),
+            }
+        }
+        (Value::Text(v), DataType::Date32) => match quiver_storage::time::parse_date_days(&v) {
+            Some(days) => Kind::DateDays(days),
+            None => Kind::String(v),
+        },
+        (
+            Value::Text(v) | Value::Decimal(v),
+            DataType::Decimal128(..) | DataType::Decimal256(..),
+        ) => Kind::Decimal(v),
+        (Value::Text(v) | Value::Decimal(v), _) => Kind::String(v),
+        (Value::Blob(v), _) => Kind::Bytes(v),
+        (Value::Date(v), _) => Kind::DateDays(v),
+        (Value::Timestamp(v), _) => Kind::TimestampMicros(v),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+pub(super) fn column<'t>(table: &'t TableInfo, name: &str) -> Result<&'t ColumnInfo> {
+    table.column(name).ok_or_else(|| {
+        Error::InvalidRequest(format!("table '{}' has no column '{name}'", table.name))
+    })
+}
+
+/// Typed rows grouped into runs of rows naming the same columns, each run one
+/// statement.
+pub(super) fn typed_rows(table: &TableInfo, rows: &[pb::Row]) -> Result<Vec<RowRun>> {
+    let mut runs: Vec<RowRun> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let columns: Vec<String> = row.values.keys().cloned().collect();
+        let values = row
+            .values
+            .iter()
+            .map(|(name, value)| store_value(column(table, name)?, value, index + 1))
+            .collect::<Result<Vec<_>>>()?;
+        match runs.last_mut() {
+            Some((run_columns, run_rows)) if *run_columns == columns => run_rows.push(values),
+            _ => runs.push((columns, vec![values])),
+        }
+    }
+    Ok(runs)
+}
+
+/// An Arrow IPC stream as column names and rows, checked against the table.
+pub(super) fn arrow_rows(table: &TableInfo, ipc: &[u8]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+    let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|err| {
+        Error::InvalidRequest(format!("arrow_ipc is not an Arrow IPC stream: {err}"))
+    })?;
+    let schema = reader.schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = column(table, field.name())?;
+        if !arrow_fits(field.data_type(), &column.data_type) {
+            return Err(Error::InvalidRequest(format!(
+                "column '{}': Arrow type {} does not fit {} ({})",
+                field.name(),
+                field.data_type(),
+                column.declared_type,
+                column.data_type
+            )));
+        }
+        columns.push(field.name().clone());
+    }
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|err| {
+            Error::InvalidRequest(format!("arrow_ipc batch cannot be read: {err}"))
+        })?;
+        rows.extend(quiver_storage::value::rows_of_batch(&batch)?);
+    }
+    Ok((columns, rows))
+}
+
+/// Whether Arrow values of type `from` can be written to a column read as `to`.
+fn arrow_fits(from: &DataType, to: &DataType) -> bool {
+    use DataType as T;
+    let integer = |t: &T| t.is_integer();
+    let float = |t: &T| matches!(t, T::Float16 | T::Float32 | T::Float64);
+    let decimal = |t: &T| matches!(t, T::Decimal128(..) | T::Decimal256(..));
+    let text = |t: &T| matches!(t, T::Utf8 | T::LargeUtf8 | T::Utf8View);
+    let binary = |t: &T| matches!(t, T::Binary | T::LargeBinary | T::BinaryView);
+    match to {
+        _ if from.is_null() => true,
+        t if integer(t) => integer(from),
+        t if float(t) => integer(from) || float(from),
+        t if decimal(t) => integer(from) || float(from) || decimal(from),
+        t if text(t) => text(from),
+        t if binary(t) => binary(from),
+        T::Boolean => matches!(from, T::Boolean),
+        T::Date32 | T::Date64 => matches!(from, T::Date32 | T::Date64),
+        T::Timestamp(..) => matches!(from, T::Timestamp(..)),
+        _ => text(from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_text_is_checked() {
+        assert!(is_decimal_text("-12.50"));
+        assert!(is_decimal_text("3"));
+        assert!(!is_decimal_text("1e3"));
+        assert!(!is_decimal_text("."));
+    }
+
+    #[test]
+    fn arrow_types_fit_columns_by_kind() {
+        assert!(arrow_fits(&DataType::Int32, &DataType::Int64));
+        assert!(arrow_fits(&DataType::Int64, &DataType::Float64));
+        assert!(!arrow_fits(&DataType::Utf8, &DataType::Int64));
+        assert!(!arrow_fits(&DataType::Float64, &DataType::Int64));
+        assert!(arrow_fits(&DataType::Null, &DataType::Utf8));
+    }
+}

@@ -1,0 +1,143 @@
+//! Flight SQL bulk ingest: create, append to or replace a table from Arrow batches.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow_flight::sql::{
+    CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
+};
+use quiver_storage::{CommitOptions, Dialect};
+
+use super::{Finish, Writer};
+use crate::error::{Error, Result};
+
+impl Writer {
+    /// Bulk-loads `batches` as `command` describes (create / append / replace).
+    pub async fn ingest(
+        &self,
+        command: &CommandStatementIngest,
+        schema: &Schema,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        if command.temporary {
+            return Err(Error::InvalidRequest(
+                "temporary tables are not supported for ingest".to_owned(),
+            ));
+        }
+        let store = self.engine.store();
+        let dialect = store.dialect();
+        let schema_name = command
+            .schema
+            .clone()
+            .unwrap_or_else(|| store.default_schema().to_owned());
+        let table = command.table.clone();
+        if table.is_empty() {
+            return Err(Error::InvalidRequest(
+                "ingest names no target table".to_owned(),
+            ));
+        }
+        let options = command
+            .table_definition_options
+            .unwrap_or(TableDefinitionOptions {
+                if_not_exist: TableNotExistOption::Create as i32,
+                if_exists: TableExistsOption::Fail as i32,
+            });
+        let existing = self.engine.catalog().table(&schema_name, &table).cloned();
+        let target = format!(
+            "{}.{}",
+            dialect.quote_identifier(&schema_name),
+            dialect.quote_identifier(&table)
+        );
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let create = create_table_sql(&target, schema, dialect)?;
+        let mut steps = Vec::new();
+        match (&existing, options.if_exists(), options.if_not_exist()) {
+            (Some(_), TableExistsOption::Fail | TableExistsOption::Unspecified, _) => {
+                return Err(Error::AlreadyExists(format!(
+                    "table '{table}' already exists (ingest mode create)"
+                )));
+            }
+            (Some(info), TableExistsOption::Append, _) => {
+                for column in &columns {
+                    if info.column(column).is_none() {
+                        return Err(Error::InvalidRequest(format!(
+                            "table '{table}' has no column '{column}'"
+                        )));
+                    }
+                }
+            }
+            (Some(_), TableExistsOption::Replace, _) => {
+                steps.push(format!("DROP TABLE {target}"));
+                steps.push(create);
+            }
+            (None, _, TableNotExistOption::Create) => steps.push(create),
+            (None, _, _) => {
+                return Err(Error::NotFound(format!(
+                    "table '{table}' does not exist (ingest mode append)"
+                )));
+            }
+        }
+        let replaced = existing.is_some() && !steps.is_empty();
+        let log_name = match existing.as_ref() {
+            Some(info) => quiver_storage::changelog::table_log_name(info, dialect),
+            None => table.clone(),
+        };
+        let rows = batches
+            .iter()
+            .map(quiver_storage::value::rows_of_batch)
+            .collect::<quiver_storage::Result<Vec<_>>>()?
+            .concat();
+        let ddl = !steps.is_empty();
+        self.transact(command.transaction_id.as_ref(), ddl, async move |tx| {
+            for step in &steps {
+                tx.execute_script(step).await?;
+            }
+            if replaced {
+                tx.log_table_event(&log_name, "truncate").await?;
+            }
+            if ddl {
+                tx.capture_new_tables().await?;
+            }
+            let written = tx.bulk_insert(&schema_name, &table, &columns, rows).await?;
+            Ok(Finish::Commit(written, CommitOptions::default()))
+        })
+        .await
+        .map(|written| written.value)
+    }
+}
+
+/// `CREATE TABLE` for an Arrow schema in the store's types.
+fn create_table_sql(target: &str, schema: &Schema, dialect: Dialect) -> Result<String> {
+    if schema.fields().is_empty() {
+        return Err(Error::InvalidRequest(
+            "cannot create a table without columns".to_owned(),
+        ));
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let declared = match dialect {
+                Dialect::Sqlite => {
+                    quiver_storage::sqlite::types::declared_type_for_arrow(field.data_type())
+                        .map(str::to_owned)
+                }
+                Dialect::Postgres => {
+                    quiver_storage::postgres::types::declared_type_for(field.data_type())
+                }
+            }
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "column '{}': Arrow type {} has no column type in the store",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?;
+            let null = if field.is_nullable() { "" } else { " NOT NULL" };
+            Ok(format!(
+                "{} {declared}{null}",
+                dialect.quote_identifier(field.name())
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(format!("CREATE TABLE {target} ({})", columns.join(", ")))
+}
