@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting and lints, Rust unit and integration tests,
-# and the Python client tests (ADBC, polars, HTTP, CLI) against a real server.
-# Sets up everything it needs (the Python venv) itself.
+# Runs the whole test suite: formatting, lints, docs and dependency hygiene, Rust unit
+# and integration tests, and the Python client tests (ADBC, polars, grpcio, HTTP, CLI,
+# the examples) against a real server. Sets up everything it needs (the Python venv,
+# the unused-dependency checker) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,19 +12,29 @@ step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 
 step "lints (cargo clippy)"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+
+step "docs (cargo doc, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
+
+step "unused dependencies (cargo machete)"
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  cargo install --locked --quiet cargo-machete@0.9.2
+fi
+cargo machete
 
 step "Python environment"
 scripts/python-env.sh
 
-step "build the quiver binary"
-cargo build -p quiver-server --bin quiver
+step "build the quiver binary and the Rust examples"
+cargo build --locked -p quiver-server --bin quiver
+cargo build --locked -p quiver-examples --bins
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --locked --workspace --no-fail-fast
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --locked --workspace --no-fail-fast
 fi
 
 step "Python client tests"

@@ -5,7 +5,7 @@
 //!   queries ([`PreparedQuery`]) and streams their results.
 //! - [`provider`]: [`provider::StoreTable`], the table provider that pushes projection,
 //!   filters and limit into SQL run on the store, and its scan operator.
-//! - [`pushdown`]: which DataFusion filters the store evaluates identically, rendered
+//! - `pushdown`: which DataFusion filters the store evaluates identically, rendered
 //!   as SQL with bound parameters.
 //! - [`params`]: `?` placeholders and bound values.
 //! - [`predicate`]: caller-written row predicates compiled against a table.

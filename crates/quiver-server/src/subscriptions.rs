@@ -5,7 +5,7 @@
 //! The [`Hub`] runs one task per server that follows the change log: woken by each
 //! commit made through this server, by PostgreSQL `NOTIFY` for commits made through
 //! other replicas, and by a slow fallback timer, it reads the new commits once,
-//! decodes them once ([`decode::Page`]) and broadcasts the page to every subscriber.
+//! decodes them once (a `decode::Page`) and broadcasts the page to every subscriber.
 //! The database is read once per wake-up, whatever the number of subscribers.
 //!
 //! # Delivery

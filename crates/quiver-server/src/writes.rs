@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 
 /// How a unit of write work ends.
 #[derive(Debug)]
-pub(crate) enum Finish<T> {
+pub enum Finish<T> {
     /// Commit what it wrote, storing `options` with the commit (in a Flight SQL
     /// transaction, the commit waits for `EndTransaction` and `options` are dropped).
     Commit(T, CommitOptions),
@@ -45,12 +45,12 @@ pub(crate) enum Finish<T> {
 
 /// What a unit of write work produced.
 #[derive(Debug)]
-pub(crate) struct Written<T> {
+pub struct Written<T> {
     /// The work's own answer.
-    pub(crate) value: T,
+    pub value: T,
     /// The commit, when the work committed on its own (not inside a Flight SQL
     /// transaction, and not [`Finish::Nothing`]).
-    pub(crate) commit: Option<CommitOutcome>,
+    pub commit: Option<CommitOutcome>,
 }
 
 /// The write path: runs statements and ingests, keeps Flight SQL transactions.
@@ -120,7 +120,7 @@ impl Writer {
     /// Runs `work` in the Flight SQL transaction `transaction_id`, or in a transaction
     /// of its own, committed (or ended) as the work's [`Finish`] says and rolled back
     /// when it fails. `changes_schema` re-reads the catalog after the commit.
-    pub(crate) async fn transact<T>(
+    pub async fn transact<T>(
         &self,
         transaction_id: Option<&Bytes>,
         changes_schema: bool,

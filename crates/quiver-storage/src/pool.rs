@@ -1,5 +1,6 @@
 //! The connection pool both backends share: bb8 behind a fair gate, with metrics,
-//! leak detection and a keeper that reconnects with backoff.
+//! leak detection and a keeper that reconnects with backoff. One cohesive thing (the
+//! pool and the state its parts share), hence one file past 600 lines.
 //!
 //! - **Fairness.** bb8 hands a returned connection to whichever waiter its notify wakes,
 //!   which lets unlucky waiters starve under contention. A FIFO semaphore with one

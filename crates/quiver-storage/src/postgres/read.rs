@@ -1,5 +1,6 @@
 //! Decoding PostgreSQL's binary result format into Arrow arrays, and binding
-//! [`Value`]s as parameters.
+//! [`Value`]s as parameters: the two directions of one wire format, kept together
+//! (one cohesive thing, hence one file past 600 lines).
 
 use std::sync::Arc;
 
