@@ -76,7 +76,7 @@ async fn main() -> Result<()> {
         table: "epics".to_owned(),
         rows: Some(Rows {
             rows: vec![epic],
-            arrow_ipc: Vec::new().into(),
+            arrow_ipc: Vec::new(),
         }),
         idempotency_key: format!("insert-{key}"),
     };
