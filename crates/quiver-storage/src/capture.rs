@@ -1,6 +1,7 @@
 //! The change log's tables and capture triggers, as SQL text for each backend.
 //!
-//! The tables (internal, hidden from every catalog listing):
+//! The tables (internal, hidden from every catalog listing; on PostgreSQL in a schema of
+//! their own, `_quiver`):
 //! - `_quiver_changes`: one row per changed row — table, op (`insert`, `update`,
 //!   `delete`, `truncate`), primary key, row after and row before as JSON.
 //! - `_quiver_commits`: one row per commit — its version, commit time (µs since the
@@ -62,7 +63,30 @@ INSERT INTO temp._quiver_txn (version, capture)
 ";
 
 pub(crate) const POSTGRES_SCHEMA_SQL: &str = "
-CREATE TABLE IF NOT EXISTS public._quiver_changes (
+CREATE SCHEMA IF NOT EXISTS _quiver;
+-- Databases from before the change log had a schema of its own keep their log: its
+-- tables and functions move over (triggers follow their functions).
+DO $migrate$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['_quiver_changes', '_quiver_commits', '_quiver_clock',
+                                '_quiver_versions', '_quiver_idempotency'] LOOP
+        IF to_regclass('public.' || name) IS NOT NULL
+           AND to_regclass('_quiver.' || name) IS NULL THEN
+            EXECUTE format('ALTER TABLE public.%I SET SCHEMA _quiver', name);
+        END IF;
+    END LOOP;
+    FOREACH name IN ARRAY ARRAY['_quiver_key(jsonb, text[])', '_quiver_table_name(text, text)',
+                                '_quiver_capture_insert()', '_quiver_capture_delete()',
+                                '_quiver_capture_update()', '_quiver_capture_truncate()'] LOOP
+        IF to_regprocedure('public.' || name) IS NOT NULL
+           AND to_regprocedure('_quiver.' || name) IS NULL THEN
+            EXECUTE format('ALTER FUNCTION public.%s SET SCHEMA _quiver', name);
+        END IF;
+    END LOOP;
+END $migrate$;
+CREATE TABLE IF NOT EXISTS _quiver._quiver_changes (
     id BIGSERIAL PRIMARY KEY,
     txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_name TEXT NOT NULL,
@@ -71,33 +95,33 @@ CREATE TABLE IF NOT EXISTS public._quiver_changes (
     row_after JSONB,
     row_before JSONB
 );
-CREATE INDEX IF NOT EXISTS _quiver_changes_txid ON public._quiver_changes (txid);
-CREATE TABLE IF NOT EXISTS public._quiver_commits (
+CREATE INDEX IF NOT EXISTS _quiver_changes_txid ON _quiver._quiver_changes (txid);
+CREATE TABLE IF NOT EXISTS _quiver._quiver_commits (
     version BIGINT PRIMARY KEY,
     txid xid8 NOT NULL,
     committed_at BIGINT NOT NULL,
     changes BIGINT NOT NULL,
     trace_context TEXT
 );
-CREATE INDEX IF NOT EXISTS _quiver_commits_txid ON public._quiver_commits (txid);
-CREATE TABLE IF NOT EXISTS public._quiver_clock (
+CREATE INDEX IF NOT EXISTS _quiver_commits_txid ON _quiver._quiver_commits (txid);
+CREATE TABLE IF NOT EXISTS _quiver._quiver_clock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     version BIGINT NOT NULL
 );
-INSERT INTO public._quiver_clock (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
-CREATE TABLE IF NOT EXISTS public._quiver_versions (
+INSERT INTO _quiver._quiver_clock (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS _quiver._quiver_versions (
     table_name TEXT PRIMARY KEY,
     version BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS public._quiver_idempotency (
+CREATE TABLE IF NOT EXISTS _quiver._quiver_idempotency (
     idempotency_key TEXT PRIMARY KEY,
     request_hash TEXT NOT NULL,
     response BYTEA NOT NULL,
     created_at BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS _quiver_idempotency_created ON public._quiver_idempotency (created_at);
+CREATE INDEX IF NOT EXISTS _quiver_idempotency_created ON _quiver._quiver_idempotency (created_at);
 
-CREATE OR REPLACE FUNCTION public._quiver_key(row_data jsonb, key_columns text[])
+CREATE OR REPLACE FUNCTION _quiver._quiver_key(row_data jsonb, key_columns text[])
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE cardinality(key_columns)
            WHEN 0 THEN NULL
@@ -107,49 +131,49 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
            ELSE (SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(key_columns) AS k) END
 $$;
 
-CREATE OR REPLACE FUNCTION public._quiver_table_name(schema_name text, table_name text)
+CREATE OR REPLACE FUNCTION _quiver._quiver_table_name(schema_name text, table_name text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN schema_name = 'public' THEN table_name ELSE schema_name || '.' || table_name END
 $$;
 
-CREATE OR REPLACE FUNCTION public._quiver_capture_insert() RETURNS trigger
+CREATE OR REPLACE FUNCTION _quiver._quiver_capture_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('quiver.capture', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
-    INSERT INTO public._quiver_changes (table_name, op, row_key, row_after)
-    SELECT public._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'insert',
-           public._quiver_key(r.j, TG_ARGV), r.j
+    INSERT INTO _quiver._quiver_changes (table_name, op, row_key, row_after)
+    SELECT _quiver._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'insert',
+           _quiver._quiver_key(r.j, TG_ARGV), r.j
     FROM (SELECT to_jsonb(n) AS j FROM _quiver_new AS n) AS r;
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION public._quiver_capture_delete() RETURNS trigger
+CREATE OR REPLACE FUNCTION _quiver._quiver_capture_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('quiver.capture', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
-    INSERT INTO public._quiver_changes (table_name, op, row_key, row_before)
-    SELECT public._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'delete',
-           public._quiver_key(r.j, TG_ARGV), r.j
+    INSERT INTO _quiver._quiver_changes (table_name, op, row_key, row_before)
+    SELECT _quiver._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'delete',
+           _quiver._quiver_key(r.j, TG_ARGV), r.j
     FROM (SELECT to_jsonb(o) AS j FROM _quiver_old AS o) AS r;
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION public._quiver_capture_update() RETURNS trigger
+CREATE OR REPLACE FUNCTION _quiver._quiver_capture_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('quiver.capture', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
-    INSERT INTO public._quiver_changes (table_name, op, row_key, row_after, row_before)
-    VALUES (public._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'update',
-            public._quiver_key(to_jsonb(NEW), TG_ARGV), to_jsonb(NEW), to_jsonb(OLD));
+    INSERT INTO _quiver._quiver_changes (table_name, op, row_key, row_after, row_before)
+    VALUES (_quiver._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'update',
+            _quiver._quiver_key(to_jsonb(NEW), TG_ARGV), to_jsonb(NEW), to_jsonb(OLD));
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION public._quiver_capture_truncate() RETURNS trigger
+CREATE OR REPLACE FUNCTION _quiver._quiver_capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('quiver.capture', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
-    INSERT INTO public._quiver_changes (table_name, op)
-    VALUES (public._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'truncate');
+    INSERT INTO _quiver._quiver_changes (table_name, op)
+    VALUES (_quiver._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'truncate');
     RETURN NULL;
 END $$;
 ";
@@ -246,14 +270,14 @@ fn postgres_triggers(table: &TableInfo) -> String {
     format!(
         "CREATE OR REPLACE TRIGGER _quiver_capture_insert AFTER INSERT ON {target}
              REFERENCING NEW TABLE AS _quiver_new FOR EACH STATEMENT
-             EXECUTE FUNCTION public._quiver_capture_insert({keys});
+             EXECUTE FUNCTION _quiver._quiver_capture_insert({keys});
          CREATE OR REPLACE TRIGGER _quiver_capture_delete AFTER DELETE ON {target}
              REFERENCING OLD TABLE AS _quiver_old FOR EACH STATEMENT
-             EXECUTE FUNCTION public._quiver_capture_delete({keys});
+             EXECUTE FUNCTION _quiver._quiver_capture_delete({keys});
          CREATE OR REPLACE TRIGGER _quiver_capture_update AFTER UPDATE ON {target}
-             FOR EACH ROW EXECUTE FUNCTION public._quiver_capture_update({keys});
+             FOR EACH ROW EXECUTE FUNCTION _quiver._quiver_capture_update({keys});
          CREATE OR REPLACE TRIGGER _quiver_capture_truncate AFTER TRUNCATE ON {target}
-             FOR EACH STATEMENT EXECUTE FUNCTION public._quiver_capture_truncate();\n"
+             FOR EACH STATEMENT EXECUTE FUNCTION _quiver._quiver_capture_truncate();\n"
     )
 }
 

@@ -101,7 +101,8 @@ impl Store {
             Field::new("changes", DataType::Int64, false),
         ]));
         let sql = format!(
-            "SELECT version, changes FROM _quiver_commits WHERE version > {} ORDER BY version LIMIT {}",
+            "SELECT version, changes FROM {} WHERE version > {} ORDER BY version LIMIT {}",
+            self.dialect().internal_table("_quiver_commits"),
             self.dialect().placeholder(1, &crate::Value::Int(0)),
             limit.max(1)
         );
@@ -139,7 +140,7 @@ impl Store {
                  WHERE c.version > ?1 AND c.version <= ?2 ORDER BY c.version, c.id",
             Dialect::Postgres =>
                 "SELECT m.version, m.committed_at, c.table_name, c.op, c.row_key::text, c.row_after::text, c.row_before::text, m.trace_context
-                 FROM public._quiver_commits m JOIN public._quiver_changes c ON c.txid = m.txid
+                 FROM _quiver._quiver_commits m JOIN _quiver._quiver_changes c ON c.txid = m.txid
                  WHERE m.version > $1::int8 AND m.version <= $2::int8 ORDER BY m.version, c.id",
         };
         let bound = |version: u64| crate::Value::Int(i64::try_from(version).unwrap_or(i64::MAX));
@@ -180,7 +181,10 @@ impl Store {
     /// nothing committed yet, or everything pruned).
     pub async fn oldest_version(&self) -> Result<Option<u64>> {
         let values = self
-            .query_int64s("SELECT min(version) FROM _quiver_commits".to_owned())
+            .query_int64s(format!(
+                "SELECT min(version) FROM {}",
+                self.dialect().internal_table("_quiver_commits")
+            ))
             .await?;
         Ok(values.first().and_then(|v| u64::try_from(*v).ok()))
     }
@@ -188,7 +192,10 @@ impl Store {
     /// The latest committed version (0 before the first commit).
     pub async fn latest_version(&self) -> Result<u64> {
         let values = self
-            .query_int64s("SELECT version FROM _quiver_clock WHERE id = 1".to_owned())
+            .query_int64s(format!(
+                "SELECT version FROM {} WHERE id = 1",
+                self.dialect().internal_table("_quiver_clock")
+            ))
             .await?;
         Ok(values
             .first()
@@ -204,7 +211,10 @@ impl Store {
         ]));
         let batches: Vec<RecordBatch> = self
             .query(
-                "SELECT table_name, version FROM _quiver_versions ORDER BY table_name",
+                format!(
+                    "SELECT table_name, version FROM {} ORDER BY table_name",
+                    self.dialect().internal_table("_quiver_versions")
+                ),
                 Vec::new(),
                 schema,
             )
@@ -239,9 +249,9 @@ impl Store {
                 "DELETE FROM _quiver_idempotency WHERE created_at < ?1",
             ),
             Dialect::Postgres => (
-                "DELETE FROM public._quiver_changes c USING public._quiver_commits m WHERE c.txid = m.txid AND m.committed_at < $1::int8",
-                "DELETE FROM public._quiver_commits WHERE committed_at < $1::int8",
-                "DELETE FROM public._quiver_idempotency WHERE created_at < $1::int8",
+                "DELETE FROM _quiver._quiver_changes c USING _quiver._quiver_commits m WHERE c.txid = m.txid AND m.committed_at < $1::int8",
+                "DELETE FROM _quiver._quiver_commits WHERE committed_at < $1::int8",
+                "DELETE FROM _quiver._quiver_idempotency WHERE created_at < $1::int8",
             ),
         };
         self.execute(changes, vec![crate::Value::Int(before_micros)])

@@ -15,6 +15,9 @@ pub const POSTGRES_SCHEMA: &str = "public";
 /// named so are not part of the user catalog and clients cannot touch them.
 pub const INTERNAL_PREFIX: &str = "_quiver";
 
+/// The PostgreSQL schema Quiver's own tables and functions live in.
+pub const POSTGRES_INTERNAL_SCHEMA: &str = "_quiver";
+
 /// Prefix of Quiver's own tables in SQLite's `main` schema.
 pub const INTERNAL_TABLE_PREFIX: &str = "_quiver_";
 
@@ -82,6 +85,14 @@ impl Dialect {
         match self {
             Dialect::Sqlite => None,
             Dialect::Postgres => Some("\"C\""),
+        }
+    }
+
+    /// One of Quiver's own tables (`_quiver_changes`, …) as statements name it.
+    pub fn internal_table(self, name: &str) -> String {
+        match self {
+            Dialect::Sqlite => name.to_owned(),
+            Dialect::Postgres => format!("{POSTGRES_INTERNAL_SCHEMA}.{name}"),
         }
     }
 

@@ -59,6 +59,11 @@ pub enum Error {
         message: String,
     },
 
+    /// A transaction can no longer be used: one of its statements was interrupted
+    /// (the caller went away or timed out). It can only be rolled back.
+    #[error("transaction aborted: {0}")]
+    TransactionAborted(String),
+
     /// The statement was cancelled by the caller or hit its deadline.
     #[error("statement cancelled: {0}")]
     Cancelled(String),

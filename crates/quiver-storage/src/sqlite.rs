@@ -5,6 +5,7 @@
 //! model (one writer, many readers under WAL) made explicit. Every SQLite call runs on
 //! tokio's blocking threads, never on the async workers.
 
+mod guard;
 mod introspect;
 mod pool;
 mod read;
@@ -22,6 +23,7 @@ use tracing::Instrument;
 
 pub use pool::SqliteOptions;
 
+use self::guard::Trust;
 use self::pool::{SqliteManager, open_connection};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
@@ -38,6 +40,8 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     readers: Pool<SqliteManager>,
     writer: Arc<Mutex<Connection>>,
+    /// Whether the writer runs Quiver's own statements now (see [`guard`]).
+    trust: Trust,
 }
 
 impl SqliteStore {
@@ -50,12 +54,15 @@ impl SqliteStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await?;
         }
+        let trust = Trust::default();
         let writer = {
             let path = path.to_owned();
             let options = options.clone();
+            let trust = trust.clone();
             tokio::task::spawn_blocking(move || {
-                let conn = open_connection(&path, &options, false)?;
+                let mut conn = open_connection(&path, &options, false)?;
                 conn.execute_batch(crate::capture::SQLITE_WRITER_SQL)?;
+                guard::install_writer(&mut conn, &trust)?;
                 Ok::<_, Error>(conn)
             })
             .await??
@@ -69,6 +76,7 @@ impl SqliteStore {
             path: path.to_owned(),
             readers,
             writer: Arc::new(Mutex::new(writer)),
+            trust,
         })
     }
 
@@ -92,7 +100,8 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || span.in_scope(|| f(&mut conn))).await?
     }
 
-    /// Runs `f` on the writer connection on a blocking thread; writes are serialized.
+    /// Runs Quiver's own statements `f` on the writer connection on a blocking thread;
+    /// writes are serialized.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -100,7 +109,21 @@ impl SqliteStore {
     {
         let mut conn = Arc::clone(&self.writer).lock_owned().await;
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(&mut conn))).await?
+        let trust = self.trust.clone();
+        tokio::task::spawn_blocking(move || {
+            let _trusted = trust.scope(true);
+            if !conn.is_autocommit() {
+                // A transaction abandoned by a cancelled caller.
+                conn.execute_batch("ROLLBACK")?;
+            }
+            span.in_scope(|| f(&mut conn))
+        })
+        .await?
+    }
+
+    /// The writer's trust flag, for transactions holding the writer.
+    pub(crate) fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// Locks the writer connection (waits for the transaction holding it).

@@ -4,6 +4,9 @@
 //! as the last step before `COMMIT` by updating the clock row, whose lock orders the
 //! commits (see [`crate::changelog`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{COMMIT_CHANNEL, PgManager, PostgresStore};
@@ -11,7 +14,7 @@ use crate::capture;
 use crate::catalog::{TableInfo, TableKind};
 use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse};
 use crate::dialect::Dialect;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pool::Lease;
 use crate::value::Value;
 
@@ -21,6 +24,38 @@ pub(crate) struct PostgresTransaction {
     lease: Box<Lease<PgManager>>,
     capture: Capture,
     finished: bool,
+    /// Set when a statement's caller went away before it finished: the statement was
+    /// cancelled on the server, and the transaction can only be rolled back.
+    aborted: Arc<AtomicBool>,
+}
+
+/// Watches one statement: dropped before [`StatementWatch::done`], it cancels the
+/// statement on the server and marks the transaction aborted.
+struct StatementWatch {
+    cancel: Option<tokio_postgres::CancelToken>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl StatementWatch {
+    fn done(mut self) {
+        self.cancel = None;
+    }
+}
+
+impl Drop for StatementWatch {
+    fn drop(&mut self) {
+        let Some(token) = self.cancel.take() else {
+            return;
+        };
+        self.aborted.store(true, Ordering::Release);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = token.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::debug!(error = %err, "cannot cancel an abandoned statement");
+                }
+            });
+        }
+    }
 }
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -38,12 +73,29 @@ impl PostgresTransaction {
             lease: Box::new(lease),
             capture,
             finished: false,
+            aborted: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Starts watching a statement; fails when an earlier one was abandoned.
+    fn watch(&mut self) -> Result<StatementWatch> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Err(Error::TransactionAborted(
+                "a statement of this transaction was interrupted; roll it back".to_owned(),
+            ));
+        }
+        Ok(StatementWatch {
+            cancel: Some(self.lease.client().cancel_token()),
+            aborted: Arc::clone(&self.aborted),
         })
     }
 
     /// Executes `;`-separated statements without parameters.
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<()> {
-        Ok(self.lease.client().batch_execute(sql).await?)
+        let watch = self.watch()?;
+        self.lease.client().batch_execute(sql).await?;
+        watch.done();
+        Ok(())
     }
 
     /// Runs `sql` once per parameter row, pipelined: one round trip's wait for all of
@@ -53,6 +105,7 @@ impl PostgresTransaction {
         sql: &str,
         rows: Vec<Vec<Value>>,
     ) -> Result<(u64, Vec<Vec<Value>>)> {
+        let watch = self.watch()?;
         let statement = self.lease.prepare(sql).await?;
         let client = self.lease.client();
         let returns_rows = !statement.columns().is_empty();
@@ -79,6 +132,7 @@ impl PostgresTransaction {
             changed += count;
             returned.extend(values);
         }
+        watch.done();
         Ok((changed, returned))
     }
 
@@ -95,7 +149,10 @@ impl PostgresTransaction {
             .collect();
         let statement = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
         let chunks = super::copy_chunks(&rows);
-        PostgresStore::copy_in(self.lease.client(), &statement, chunks).await
+        let watch = self.watch()?;
+        let written = PostgresStore::copy_in(self.lease.client(), &statement, chunks).await?;
+        watch.done();
+        Ok(written)
     }
 
     /// The stored answer for `key`, if an earlier request with it committed.
@@ -103,7 +160,7 @@ impl PostgresTransaction {
         let statement = self
             .lease
             .prepare(
-                "SELECT request_hash, response FROM public._quiver_idempotency WHERE idempotency_key = $1::text",
+                "SELECT request_hash, response FROM _quiver._quiver_idempotency WHERE idempotency_key = $1::text",
             )
             .await?;
         let row = self.lease.client().query_opt(&statement, &[&key]).await?;
@@ -121,7 +178,7 @@ impl PostgresTransaction {
         let statement = self
             .lease
             .prepare(
-                "INSERT INTO public._quiver_changes (table_name, op) VALUES ($1::text, $2::text)",
+                "INSERT INTO _quiver._quiver_changes (table_name, op) VALUES ($1::text, $2::text)",
             )
             .await?;
         self.lease
@@ -181,6 +238,7 @@ impl PostgresTransaction {
         committed_at: i64,
         options: CommitOptions,
     ) -> Result<CommitOutcome> {
+        let watch = self.watch()?;
         let outcome = match self.capture {
             Capture::On => commit(&mut self.lease, committed_at, options).await?,
             Capture::Off => {
@@ -191,6 +249,7 @@ impl PostgresTransaction {
                 }
             }
         };
+        watch.done();
         self.finished = true;
         Ok(outcome)
     }
@@ -255,7 +314,7 @@ async fn commit(
     let counted = lease
         .prepare(
             "SELECT count(*), coalesce(array_agg(DISTINCT table_name), '{}')
-             FROM public._quiver_changes WHERE txid = pg_current_xact_id()",
+             FROM _quiver._quiver_changes WHERE txid = pg_current_xact_id()",
         )
         .await?;
     let row = lease.client().query_one(&counted, &[]).await?;
@@ -263,18 +322,18 @@ async fn commit(
     let tables: Vec<String> = row.try_get(1)?;
     let version: i64 = if changes > 0 {
         let tick = lease
-            .prepare("UPDATE public._quiver_clock SET version = version + 1 WHERE id = 1 RETURNING version")
+            .prepare("UPDATE _quiver._quiver_clock SET version = version + 1 WHERE id = 1 RETURNING version")
             .await?;
         let version: i64 = lease.client().query_one(&tick, &[]).await?.try_get(0)?;
         let record = lease
             .prepare(
-                "INSERT INTO public._quiver_commits (version, txid, committed_at, changes, trace_context)
+                "INSERT INTO _quiver._quiver_commits (version, txid, committed_at, changes, trace_context)
                  VALUES ($1, pg_current_xact_id(), $2, $3, $4)",
             )
             .await?;
         let versions = lease
             .prepare(
-                "INSERT INTO public._quiver_versions (table_name, version)
+                "INSERT INTO _quiver._quiver_versions (table_name, version)
                  SELECT unnest($1::text[]), $2
                  ON CONFLICT (table_name) DO UPDATE SET version = excluded.version",
             )
@@ -297,7 +356,7 @@ async fn commit(
         version
     } else {
         let latest = lease
-            .prepare("SELECT version FROM public._quiver_clock WHERE id = 1")
+            .prepare("SELECT version FROM _quiver._quiver_clock WHERE id = 1")
             .await?;
         lease.client().query_one(&latest, &[]).await?.try_get(0)?
     };
@@ -305,7 +364,7 @@ async fn commit(
     if let Some(record) = options.idempotency {
         let insert = lease
             .prepare(
-                "INSERT INTO public._quiver_idempotency (idempotency_key, request_hash, response, created_at)
+                "INSERT INTO _quiver._quiver_idempotency (idempotency_key, request_hash, response, created_at)
                  VALUES ($1, $2, $3, $4)",
             )
             .await?;

@@ -84,7 +84,12 @@ impl bb8::ManageConnection for SqliteManager {
     async fn connect(&self) -> Result<Connection> {
         let path = self.path.clone();
         let options = self.options.clone();
-        tokio::task::spawn_blocking(move || open_connection(&path, &options, true)).await?
+        tokio::task::spawn_blocking(move || {
+            let mut conn = open_connection(&path, &options, true)?;
+            super::guard::install_reader(&mut conn)?;
+            Ok(conn)
+        })
+        .await?
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<()> {

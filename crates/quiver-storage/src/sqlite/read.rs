@@ -34,6 +34,141 @@ impl ToSql for Value {
     }
 }
 
+/// The Arrow types SQLite columns are read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadType {
+    Boolean,
+    Int64,
+    Float64,
+    Utf8,
+    Binary,
+    Date32,
+    Timestamp,
+    Time64,
+}
+
+impl ReadType {
+    /// The read type of an Arrow type, if SQLite columns can be read as it.
+    pub(crate) fn of(data_type: &DataType) -> Option<Self> {
+        Some(match data_type {
+            DataType::Boolean => ReadType::Boolean,
+            DataType::Int64 => ReadType::Int64,
+            DataType::Float64 => ReadType::Float64,
+            DataType::Utf8 => ReadType::Utf8,
+            DataType::Binary => ReadType::Binary,
+            DataType::Date32 => ReadType::Date32,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => ReadType::Timestamp,
+            DataType::Time64(TimeUnit::Microsecond) => ReadType::Time64,
+            _ => return None,
+        })
+    }
+
+    /// A short tag naming the type in SQL text (the writer's value checks).
+    pub(crate) fn tag(self) -> &'static str {
+        match self {
+            ReadType::Boolean => "bool",
+            ReadType::Int64 => "i64",
+            ReadType::Float64 => "f64",
+            ReadType::Utf8 => "text",
+            ReadType::Binary => "blob",
+            ReadType::Date32 => "date",
+            ReadType::Timestamp => "ts",
+            ReadType::Time64 => "time",
+        }
+    }
+
+    /// The read type a [`ReadType::tag`] names.
+    pub(crate) fn from_tag(tag: &str) -> Option<Self> {
+        [
+            ReadType::Boolean,
+            ReadType::Int64,
+            ReadType::Float64,
+            ReadType::Utf8,
+            ReadType::Binary,
+            ReadType::Date32,
+            ReadType::Timestamp,
+            ReadType::Time64,
+        ]
+        .into_iter()
+        .find(|t| t.tag() == tag)
+    }
+
+    /// The Arrow type's name, for messages.
+    pub(crate) fn arrow_name(self) -> &'static str {
+        match self {
+            ReadType::Boolean => "Boolean",
+            ReadType::Int64 => "Int64",
+            ReadType::Float64 => "Float64",
+            ReadType::Utf8 => "Utf8",
+            ReadType::Binary => "Binary",
+            ReadType::Date32 => "Date32",
+            ReadType::Timestamp => "Timestamp(µs)",
+            ReadType::Time64 => "Time64(µs)",
+        }
+    }
+
+    /// A stored value as this type: `None` when it does not convert. The one rule
+    /// both the reader and the writer's value checks apply, so nothing is stored that
+    /// cannot be read back.
+    #[inline]
+    pub(crate) fn decode<'a>(self, value: ValueRef<'a>) -> Option<Cell<'a>> {
+        if let ValueRef::Null = value {
+            return Some(Cell::Null);
+        }
+        Some(match (self, value) {
+            (ReadType::Int64, ValueRef::Integer(v)) => Cell::Int(v),
+            (ReadType::Int64, ValueRef::Real(v)) if v.fract() == 0.0 && v.abs() < 9.2e18 => {
+                Cell::Int(v as i64)
+            }
+            (ReadType::Int64, ValueRef::Text(t)) => Cell::Int(text(t)?.trim().parse().ok()?),
+            (ReadType::Utf8, ValueRef::Text(t) | ValueRef::Blob(t)) => Cell::Text(text(t)?.into()),
+            (ReadType::Utf8, ValueRef::Integer(v)) => Cell::Text(v.to_string().into()),
+            (ReadType::Utf8, ValueRef::Real(v)) => Cell::Text(format_real(v).into()),
+            (ReadType::Float64, ValueRef::Real(v)) => Cell::Float(v),
+            (ReadType::Float64, ValueRef::Integer(v)) => Cell::Float(v as f64),
+            (ReadType::Float64, ValueRef::Text(t)) => Cell::Float(text(t)?.trim().parse().ok()?),
+            (ReadType::Boolean, ValueRef::Integer(v)) => Cell::Bool(v != 0),
+            (ReadType::Boolean, ValueRef::Real(v)) => Cell::Bool(v != 0.0),
+            (ReadType::Boolean, ValueRef::Text(t)) => Cell::Bool(parse_bool(text(t)?)?),
+            (ReadType::Binary, ValueRef::Blob(v) | ValueRef::Text(v)) => Cell::Bytes(v.into()),
+            (ReadType::Binary, ValueRef::Integer(v)) => {
+                Cell::Bytes(v.to_string().into_bytes().into())
+            }
+            (ReadType::Binary, ValueRef::Real(v)) => {
+                Cell::Bytes(format_real(v).into_bytes().into())
+            }
+            (ReadType::Timestamp, ValueRef::Text(t)) => Cell::Int(time::parse_timestamp_bytes(t)?),
+            (ReadType::Timestamp, ValueRef::Integer(seconds)) => {
+                Cell::Int(seconds.checked_mul(1_000_000)?)
+            }
+            (ReadType::Timestamp, ValueRef::Real(julian_day)) => {
+                Cell::Int(time::julian_day_to_micros(julian_day)?)
+            }
+            (ReadType::Date32, ValueRef::Text(t)) => Cell::Day(time::parse_date_bytes(t)?),
+            (ReadType::Date32, ValueRef::Integer(seconds)) => {
+                Cell::Day(i32::try_from(seconds.div_euclid(86_400)).ok()?)
+            }
+            (ReadType::Date32, ValueRef::Real(julian_day)) => {
+                let micros = time::julian_day_to_micros(julian_day)?;
+                Cell::Day(i32::try_from(micros.div_euclid(86_400_000_000)).ok()?)
+            }
+            (ReadType::Time64, ValueRef::Text(t)) => Cell::Int(time::parse_time_bytes(t)?),
+            _ => return None,
+        })
+    }
+}
+
+/// One stored value as its column's Arrow type sees it.
+pub(crate) enum Cell<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Day(i32),
+    Float(f64),
+    Text(std::borrow::Cow<'a, str>),
+    Bytes(std::borrow::Cow<'a, [u8]>),
+}
+
 /// Appends SQLite values of one column to an Arrow builder of the column's type.
 enum ColumnReader {
     Boolean(BooleanBuilder),
@@ -46,7 +181,7 @@ enum ColumnReader {
     Time64(Time64MicrosecondBuilder),
 }
 
-fn describe(value: ValueRef<'_>) -> String {
+pub(crate) fn describe(value: ValueRef<'_>) -> String {
     match value {
         ValueRef::Null => "NULL".to_owned(),
         ValueRef::Integer(v) => format!("INTEGER {v}"),
@@ -70,98 +205,74 @@ fn text(bytes: &[u8]) -> Option<&str> {
 
 impl ColumnReader {
     fn new(data_type: &DataType, capacity: usize) -> Result<Self> {
-        Ok(match data_type {
-            DataType::Boolean => ColumnReader::Boolean(BooleanBuilder::with_capacity(capacity)),
-            DataType::Int64 => ColumnReader::Int64(Int64Builder::with_capacity(capacity)),
-            DataType::Float64 => ColumnReader::Float64(Float64Builder::with_capacity(capacity)),
-            DataType::Utf8 => {
+        let Some(read_type) = ReadType::of(data_type) else {
+            return Err(Error::Internal(format!(
+                "no SQLite reader for Arrow type {data_type}"
+            )));
+        };
+        Ok(match (read_type, data_type) {
+            (ReadType::Boolean, _) => {
+                ColumnReader::Boolean(BooleanBuilder::with_capacity(capacity))
+            }
+            (ReadType::Int64, _) => ColumnReader::Int64(Int64Builder::with_capacity(capacity)),
+            (ReadType::Float64, _) => {
+                ColumnReader::Float64(Float64Builder::with_capacity(capacity))
+            }
+            (ReadType::Utf8, _) => {
                 ColumnReader::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
             }
-            DataType::Binary => {
+            (ReadType::Binary, _) => {
                 ColumnReader::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
             }
-            DataType::Date32 => ColumnReader::Date32(Date32Builder::with_capacity(capacity)),
-            DataType::Timestamp(TimeUnit::Microsecond, zone) => ColumnReader::Timestamp(
+            (ReadType::Date32, _) => ColumnReader::Date32(Date32Builder::with_capacity(capacity)),
+            (ReadType::Timestamp, DataType::Timestamp(_, zone)) => ColumnReader::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(capacity)
                     .with_timezone_opt(zone.clone()),
             ),
-            DataType::Time64(TimeUnit::Microsecond) => {
+            (ReadType::Timestamp, _) => {
+                ColumnReader::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
+            }
+            (ReadType::Time64, _) => {
                 ColumnReader::Time64(Time64MicrosecondBuilder::with_capacity(capacity))
             }
-            other => {
-                return Err(Error::Internal(format!(
-                    "no SQLite reader for Arrow type {other}"
-                )));
-            }
         })
+    }
+
+    fn read_type(&self) -> ReadType {
+        match self {
+            ColumnReader::Boolean(_) => ReadType::Boolean,
+            ColumnReader::Int64(_) => ReadType::Int64,
+            ColumnReader::Float64(_) => ReadType::Float64,
+            ColumnReader::Utf8(_) => ReadType::Utf8,
+            ColumnReader::Binary(_) => ReadType::Binary,
+            ColumnReader::Date32(_) => ReadType::Date32,
+            ColumnReader::Timestamp(_) => ReadType::Timestamp,
+            ColumnReader::Time64(_) => ReadType::Time64,
+        }
     }
 
     /// Appends one value; `None` means the value does not convert (the caller names it).
     #[inline]
     fn append(&mut self, value: ValueRef<'_>) -> Option<()> {
-        match self {
-            ColumnReader::Int64(b) => match value {
-                ValueRef::Integer(v) => b.append_value(v),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Real(v) if v.fract() == 0.0 && v.abs() < 9.2e18 => {
-                    b.append_value(v as i64)
-                }
-                ValueRef::Text(t) => b.append_value(text(t)?.trim().parse().ok()?),
-                _ => return None,
-            },
-            ColumnReader::Utf8(b) => match value {
-                ValueRef::Text(t) => b.append_value(text(t)?),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Integer(v) => b.append_value(v.to_string()),
-                ValueRef::Real(v) => b.append_value(format_real(v)),
-                ValueRef::Blob(t) => b.append_value(text(t)?),
-            },
-            ColumnReader::Float64(b) => match value {
-                ValueRef::Real(v) => b.append_value(v),
-                ValueRef::Integer(v) => b.append_value(v as f64),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Text(t) => b.append_value(text(t)?.trim().parse().ok()?),
-                ValueRef::Blob(_) => return None,
-            },
-            ColumnReader::Boolean(b) => match value {
-                ValueRef::Integer(v) => b.append_value(v != 0),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Real(v) => b.append_value(v != 0.0),
-                ValueRef::Text(t) => b.append_value(parse_bool(text(t)?)?),
-                ValueRef::Blob(_) => return None,
-            },
-            ColumnReader::Binary(b) => match value {
-                ValueRef::Blob(v) | ValueRef::Text(v) => b.append_value(v),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Integer(v) => b.append_value(v.to_string()),
-                ValueRef::Real(v) => b.append_value(format_real(v)),
-            },
-            ColumnReader::Timestamp(b) => match value {
-                ValueRef::Text(t) => b.append_value(time::parse_timestamp_bytes(t)?),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Integer(seconds) => b.append_value(seconds.checked_mul(1_000_000)?),
-                ValueRef::Real(julian_day) => {
-                    b.append_value(time::julian_day_to_micros(julian_day)?)
-                }
-                ValueRef::Blob(_) => return None,
-            },
-            ColumnReader::Date32(b) => match value {
-                ValueRef::Text(t) => b.append_value(time::parse_date_bytes(t)?),
-                ValueRef::Null => b.append_null(),
-                ValueRef::Integer(seconds) => {
-                    b.append_value(i32::try_from(seconds.div_euclid(86_400)).ok()?)
-                }
-                ValueRef::Real(julian_day) => {
-                    let micros = time::julian_day_to_micros(julian_day)?;
-                    b.append_value(i32::try_from(micros.div_euclid(86_400_000_000)).ok()?)
-                }
-                ValueRef::Blob(_) => return None,
-            },
-            ColumnReader::Time64(b) => match value {
-                ValueRef::Text(t) => b.append_value(time::parse_time_bytes(t)?),
-                ValueRef::Null => b.append_null(),
-                _ => return None,
-            },
+        let cell = self.read_type().decode(value)?;
+        match (self, cell) {
+            (ColumnReader::Boolean(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Int64(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Float64(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Utf8(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Binary(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Date32(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Timestamp(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Time64(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Boolean(b), Cell::Bool(v)) => b.append_value(v),
+            (ColumnReader::Int64(b), Cell::Int(v)) => b.append_value(v),
+            (ColumnReader::Float64(b), Cell::Float(v)) => b.append_value(v),
+            (ColumnReader::Utf8(b), Cell::Text(v)) => b.append_value(v),
+            (ColumnReader::Binary(b), Cell::Bytes(v)) => b.append_value(v),
+            (ColumnReader::Date32(b), Cell::Day(v)) => b.append_value(v),
+            (ColumnReader::Timestamp(b), Cell::Int(v)) => b.append_value(v),
+            (ColumnReader::Time64(b), Cell::Int(v)) => b.append_value(v),
+            _ => return None,
         }
         Some(())
     }

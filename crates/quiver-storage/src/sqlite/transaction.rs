@@ -10,6 +10,7 @@ use rusqlite::types::ValueRef;
 use tokio::sync::OwnedMutexGuard;
 
 use super::SqliteStore;
+use super::guard::{self, Trust};
 use crate::capture;
 use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse};
 use crate::dialect::Dialect;
@@ -20,6 +21,7 @@ use crate::value::Value;
 pub(crate) struct SqliteTransaction {
     /// `None` only while a call runs on a blocking thread.
     guard: Option<OwnedMutexGuard<Connection>>,
+    trust: Trust,
     capture: Capture,
     finished: bool,
 }
@@ -33,6 +35,7 @@ impl SqliteTransaction {
             .map_err(|_| Error::WriterBusy(timeout))?;
         let mut transaction = Self {
             guard: Some(guard),
+            trust: store.trust().clone(),
             capture,
             finished: false,
         };
@@ -46,7 +49,7 @@ impl SqliteTransaction {
             Capture::Off => "BEGIN IMMEDIATE; UPDATE temp._quiver_txn SET capture = 0;",
         };
         transaction
-            .run(move |conn| {
+            .run(Trusted::Yes, move |conn| {
                 if !conn.is_autocommit() {
                     // A transaction abandoned by a cancelled caller.
                     conn.execute_batch("ROLLBACK")?;
@@ -58,22 +61,30 @@ impl SqliteTransaction {
         Ok(transaction)
     }
 
-    /// Runs `f` on the writer connection on a blocking thread.
-    async fn run<T, F>(&mut self, f: F) -> Result<T>
+    /// Runs `f` on the writer connection on a blocking thread, as Quiver's own
+    /// statements or a client's ([`guard`]). Dropped before it finishes (the caller
+    /// went away or timed out), the statement running is interrupted, and the
+    /// transaction can only be rolled back.
+    async fn run<T, F>(&mut self, trusted: Trusted, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let mut guard = self
-            .guard
-            .take()
-            .ok_or_else(|| Error::Internal("transaction connection lost".to_owned()))?;
+        let mut guard = self.guard.take().ok_or_else(|| {
+            Error::TransactionAborted(
+                "a statement of this transaction was interrupted; roll it back".to_owned(),
+            )
+        })?;
+        let interrupt = Interrupt(Some(guard.get_interrupt_handle()));
         let span = tracing::Span::current();
+        let trust = self.trust.clone();
         let (guard, result) = tokio::task::spawn_blocking(move || {
+            let _scope = trust.scope(trusted == Trusted::Yes);
             let result = span.in_scope(|| f(&mut guard));
             (guard, result)
         })
         .await?;
+        interrupt.disarm();
         self.guard = Some(guard);
         result
     }
@@ -81,7 +92,8 @@ impl SqliteTransaction {
     /// Executes `;`-separated statements without parameters.
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<()> {
         let sql = sql.to_owned();
-        self.run(move |conn| Ok(conn.execute_batch(&sql)?)).await
+        self.run(Trusted::No, move |conn| Ok(conn.execute_batch(&sql)?))
+            .await
     }
 
     /// Runs `sql` once per parameter row; returns the rows changed and the rows it
@@ -92,7 +104,8 @@ impl SqliteTransaction {
         rows: Vec<Vec<Value>>,
     ) -> Result<(u64, Vec<Vec<Value>>)> {
         let sql = sql.to_owned();
-        self.run(move |conn| run_many(conn, &sql, &rows)).await
+        self.run(Trusted::No, move |conn| run_many(conn, &sql, &rows))
+            .await
     }
 
     /// Inserts `rows` into `target` (quoted, qualified) with one prepared statement.
@@ -119,7 +132,7 @@ impl SqliteTransaction {
     /// The stored answer for `key`, if an earlier request with it committed.
     pub(crate) async fn stored_response(&mut self, key: &str) -> Result<Option<StoredResponse>> {
         let key = key.to_owned();
-        self.run(move |conn| {
+        self.run(Trusted::Yes, move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT request_hash, response FROM _quiver_idempotency WHERE idempotency_key = ?1",
             )?;
@@ -153,10 +166,11 @@ impl SqliteTransaction {
     /// (Re)creates the writer's TEMP capture triggers of every table, as this
     /// transaction sees them (their column lists may have changed).
     pub(crate) async fn capture_tables(&mut self) -> Result<()> {
-        self.run(|conn| {
+        self.run(Trusted::Yes, |conn| {
             let mut script = String::new();
             for table in super::introspect::base_tables(conn)? {
                 script.push_str(&capture::triggers_sql(Dialect::Sqlite, &table));
+                script.push_str(&guard::check_triggers_sql(&table));
             }
             Ok(conn.execute_batch(&script)?)
         })
@@ -172,11 +186,14 @@ impl SqliteTransaction {
     ) -> Result<CommitOutcome> {
         let outcome = match self.capture {
             Capture::On => {
-                self.run(move |conn| commit(conn, committed_at, options))
-                    .await?
+                self.run(Trusted::Yes, move |conn| {
+                    commit(conn, committed_at, options)
+                })
+                .await?
             }
             Capture::Off => {
-                self.execute_script("COMMIT").await?;
+                self.run(Trusted::Yes, |conn| Ok(conn.execute_batch("COMMIT")?))
+                    .await?;
                 CommitOutcome {
                     version: 0,
                     changes: 0,
@@ -190,7 +207,7 @@ impl SqliteTransaction {
     /// Rolls back everything this transaction did.
     pub(crate) async fn rollback(mut self) -> Result<()> {
         self.finished = true;
-        self.run(|conn| {
+        self.run(Trusted::Yes, |conn| {
             if !conn.is_autocommit() {
                 conn.execute_batch("ROLLBACK")?;
             }
@@ -209,7 +226,9 @@ impl Drop for SqliteTransaction {
             return;
         };
         // Rolled back off the async threads; the writer stays locked until then.
+        let trust = self.trust.clone();
         let rollback = move || {
+            let _scope = trust.scope(true);
             if !guard.is_autocommit()
                 && let Err(err) = guard.execute_batch("ROLLBACK")
             {
@@ -219,6 +238,33 @@ impl Drop for SqliteTransaction {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(rollback)),
             Err(_) => rollback(),
+        }
+    }
+}
+
+/// Whose statements a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trusted {
+    /// Quiver's own (the change log, commits, capture triggers).
+    Yes,
+    /// A client's, or built from a client's request.
+    No,
+}
+
+/// Interrupts the statement running on the writer when dropped armed: the future
+/// waiting for it was dropped.
+struct Interrupt(Option<rusqlite::InterruptHandle>);
+
+impl Interrupt {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.interrupt();
         }
     }
 }

@@ -7,4 +7,5 @@ mod backend;
 #[macro_use]
 mod suite;
 mod changelog;
+mod guard;
 mod postgres;
