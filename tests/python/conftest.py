@@ -289,7 +289,10 @@ class Store:
         if server.kind == "postgres":
             import psycopg
 
-            self._pg = psycopg.connect(server.db_url, autocommit=True)
+            # Quiver's change log lives in its own schema; the truth reads it by name.
+            self._pg = psycopg.connect(
+                server.db_url, autocommit=True, options="-c search_path=public,_quiver"
+            )
 
     def _raw_rows(self, sql: str) -> list[tuple]:
         if self._pg is not None:

@@ -19,6 +19,8 @@ use quiver_storage::{Catalog, Store, TableInfo, TableKind};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::executor::{Executor, ExecutorConfig, QueryControl};
+use crate::limits::StatementLimits;
 use crate::normalize::{client_schema, to_client_batch};
 use crate::params::{Parameter, coerce_values, number_placeholders};
 use crate::provider::StoreTable;
@@ -36,6 +38,10 @@ pub struct EngineConfig {
     /// Memory DataFusion operators may hold at once (sorts, joins, aggregates); `None`
     /// for no limit. Operators that would exceed it fail with "resources exhausted".
     pub memory_limit: Option<usize>,
+    /// How large and deep client SQL may be.
+    pub limits: StatementLimits,
+    /// The query runtime, admission and timeouts.
+    pub executor: ExecutorConfig,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +52,8 @@ impl Default for EngineConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             memory_limit: Some(1 << 30),
+            limits: StatementLimits::default(),
+            executor: ExecutorConfig::default(),
         }
     }
 }
@@ -93,6 +101,8 @@ pub struct QueryEngine {
     ctx: SessionContext,
     catalog: RwLock<Arc<Catalog>>,
     loaded: AtomicBool,
+    limits: StatementLimits,
+    executor: Executor,
 }
 
 impl QueryEngine {
@@ -126,7 +136,20 @@ impl QueryEngine {
             ctx,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             loaded: AtomicBool::new(false),
+            limits: config.limits,
+            executor: Executor::new(config.executor)?,
         })
+    }
+
+    /// How large and deep client SQL may be.
+    pub fn limits(&self) -> &StatementLimits {
+        &self.limits
+    }
+
+    /// The query runtime (to run query-bound work, such as encoding results, off the
+    /// threads that serve requests).
+    pub fn executor(&self) -> &Executor {
+        &self.executor
     }
 
     /// Whether the store's catalog has been read at least once.
@@ -191,30 +214,37 @@ impl QueryEngine {
     }
 
     /// Parses and plans `sql`, which must be a query. `?` placeholders are accepted.
+    /// The text is checked against the statement limits first; planning runs on the
+    /// query runtime.
     pub async fn prepare(&self, sql: &str) -> Result<PreparedQuery> {
+        self.limits.check("statement", sql)?;
         let span = tracing::debug_span!("query.plan", db.query.text = %sql);
-        async {
-            let sql = number_placeholders(sql)?;
-            let state = self.ctx.state();
-            let plan = state.create_logical_plan(&sql).await?;
-            SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false)
-                .verify_plan(&plan)
-                .map_err(|err| Error::NotAQuery(err.find_root().to_string()))?;
-            let parameters = parameters_of(&plan)?;
-            let schema = Arc::new(plan.schema().as_arrow().clone());
-            let schema = client_schema(&schema).unwrap_or(schema);
-            Ok(PreparedQuery {
-                sql,
-                plan,
-                parameters,
-                schema,
-            })
-        }
-        .instrument(span)
-        .await
+        let state = self.ctx.state();
+        let sql = sql.to_owned();
+        self.executor
+            .spawn(
+                async move {
+                    let sql = number_placeholders(&sql)?;
+                    let plan = state.create_logical_plan(&sql).await?;
+                    SQLOptions::new()
+                        .with_allow_ddl(false)
+                        .with_allow_dml(false)
+                        .with_allow_statements(false)
+                        .verify_plan(&plan)
+                        .map_err(|err| Error::NotAQuery(err.find_root().to_string()))?;
+                    let parameters = parameters_of(&plan)?;
+                    let schema = Arc::new(plan.schema().as_arrow().clone());
+                    let schema = client_schema(&schema).unwrap_or(schema);
+                    Ok(PreparedQuery {
+                        sql,
+                        plan,
+                        parameters,
+                        schema,
+                    })
+                }
+                .instrument(span),
+            )
+            .await?
     }
 
     /// Runs a prepared query with `params` bound, streaming its batches.
@@ -223,18 +253,32 @@ impl QueryEngine {
         query: &PreparedQuery,
         params: Vec<ScalarValue>,
     ) -> Result<SendableRecordBatchStream> {
-        let span = tracing::debug_span!("query.execute");
-        async {
-            let plan = if query.parameters.is_empty() && params.is_empty() {
-                query.plan.clone()
-            } else {
-                let values = coerce_values(&query.parameters, params)?;
-                query
-                    .plan
-                    .clone()
-                    .with_param_values(ParamValues::from(values))?
-            };
-            let frame = self.ctx.execute_logical_plan(plan).await?;
+        self.execute_with(query, params, QueryControl::default())
+            .await
+    }
+
+    /// Runs a prepared query with `params` bound under `control`: it waits its turn
+    /// among the running queries, runs on the query runtime, and stops when the
+    /// returned stream is dropped, when it is cancelled, or at its timeout.
+    pub async fn execute_with(
+        &self,
+        query: &PreparedQuery,
+        params: Vec<ScalarValue>,
+        control: QueryControl,
+    ) -> Result<SendableRecordBatchStream> {
+        let plan = if query.parameters.is_empty() && params.is_empty() {
+            query.plan.clone()
+        } else {
+            let values = coerce_values(&query.parameters, params)?;
+            query
+                .plan
+                .clone()
+                .with_param_values(ParamValues::from(values))?
+        };
+        let permit = self.executor.admit().await?;
+        let ctx = self.ctx.clone();
+        let start = async move {
+            let frame = ctx.execute_logical_plan(plan).await?;
             let task = Arc::new(frame.task_ctx());
             let physical = frame
                 .create_physical_plan()
@@ -242,13 +286,15 @@ impl QueryEngine {
                 .await?;
             let stream = datafusion::physical_plan::execute_stream(physical, task)?;
             Ok(to_client_stream(stream))
-        }
-        .instrument(span)
-        .await
+        };
+        self.executor
+            .run(permit, control, start)
+            .instrument(tracing::debug_span!("query.execute"))
+            .await
     }
 
     /// Streams the rows of `table` matching `filter` (all rows without one), every
-    /// column in table order.
+    /// column in table order, as a query of its own.
     pub async fn scan(
         &self,
         table: &quiver_storage::TableInfo,
@@ -259,11 +305,19 @@ impl QueryEngine {
             table.schema.as_str(),
             table.name.as_str(),
         );
-        let mut frame = self.ctx.table(reference).await?;
-        if let Some(filter) = filter {
-            frame = frame.filter(filter.clone())?;
-        }
-        Ok(to_client_stream(frame.execute_stream().await?))
+        let permit = self.executor.admit().await?;
+        let ctx = self.ctx.clone();
+        let filter = filter.cloned();
+        let start = async move {
+            let mut frame = ctx.table(reference).await?;
+            if let Some(filter) = filter {
+                frame = frame.filter(filter)?;
+            }
+            Ok(to_client_stream(frame.execute_stream().await?))
+        };
+        self.executor
+            .run(permit, QueryControl::default(), start)
+            .await
     }
 
     /// Plans and runs `sql` without parameters.

@@ -43,6 +43,23 @@ pub enum Error {
     #[error("'{0}' is a view; only tables can be written or followed")]
     NotATable(String),
 
+    /// A limit on what clients may send or run was exceeded (statement size or depth,
+    /// concurrent queries).
+    #[error("{0}")]
+    Limit(String),
+
+    /// The query ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+
+    /// The query was cancelled.
+    #[error("{0}")]
+    Cancelled(String),
+
+    /// The query runtime failed (a task panicked or the runtime stopped): a bug.
+    #[error("query runtime: {0}")]
+    Runtime(String),
+
     /// The number of bound values does not match the placeholders.
     #[error("the statement has {expected} parameter(s) but {actual} value(s) were bound")]
     ParameterCount {

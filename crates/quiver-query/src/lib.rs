@@ -10,10 +10,14 @@
 //! - [`params`]: `?` placeholders and bound values.
 //! - [`predicate`]: caller-written row predicates compiled against a table.
 //! - [`normalize`]: result types every Arrow client reads.
+//! - [`executor`]: the query runtime — admission, timeouts, cancellation.
+//! - [`limits`]: how large and deep client SQL may be, checked before parsing.
 //! - [`error`]: [`Error`] and [`Result`].
 
 pub mod engine;
 pub mod error;
+pub mod executor;
+pub mod limits;
 pub mod normalize;
 pub mod params;
 pub mod predicate;
@@ -22,4 +26,6 @@ mod pushdown;
 
 pub use engine::{CATALOG_NAME, EngineConfig, PreparedQuery, QueryEngine};
 pub use error::{Error, Result};
+pub use executor::{ExecutorConfig, QueryControl};
+pub use limits::StatementLimits;
 pub use params::Parameter;

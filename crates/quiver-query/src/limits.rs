@@ -218,7 +218,9 @@ pub fn expression_depth(sql: &str) -> usize {
                 }
             }
             Token::Comma => {
-                let level = levels.last_mut().expect("the outermost level is never popped");
+                let level = levels
+                    .last_mut()
+                    .expect("the outermost level is never popped");
                 if level.in_from {
                     level.operator(Class::Join);
                 } else {
@@ -226,7 +228,9 @@ pub fn expression_depth(sql: &str) -> usize {
                 }
             }
             Token::Word(word) if class_of(token).is_none() => {
-                let level = levels.last_mut().expect("the outermost level is never popped");
+                let level = levels
+                    .last_mut()
+                    .expect("the outermost level is never popped");
                 if word.keyword == Keyword::FROM {
                     level.in_from = true;
                 } else if starts_clause(word.keyword) {
@@ -273,7 +277,10 @@ mod tests {
 
     #[test]
     fn flat_lists_stay_shallow() {
-        let list = (0..10_000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let list = (0..10_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         assert!(expression_depth(&format!("SELECT * FROM t WHERE id IN ({list})")) < 10);
         let columns = (0..5_000)
             .map(|i| format!("a + b AS c{i}"))
@@ -290,7 +297,10 @@ mod tests {
     fn parentheses_and_from_lists_add_up() {
         let nested = format!("{}1{}", "(".repeat(40), ")".repeat(40));
         assert!(expression_depth(&nested) >= 40);
-        let tables = (0..200).map(|i| format!("t{i}")).collect::<Vec<_>>().join(", ");
+        let tables = (0..200)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         assert!(expression_depth(&format!("SELECT 1 FROM {tables}")) >= 199);
     }
 

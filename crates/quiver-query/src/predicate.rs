@@ -14,7 +14,28 @@ use datafusion::prelude::SessionContext;
 use quiver_storage::{Dialect, TableInfo, Value};
 
 use crate::error::{Error, Result};
+use crate::limits::StatementLimits;
 use crate::pushdown::FilterRenderer;
+
+/// Stack kept free for work that recurses over a caller's expression tree, and the
+/// size of the stack grown when less is left.
+const EXPRESSION_RED_ZONE: usize = 8 << 20;
+const EXPRESSION_STACK: usize = 64 << 20;
+
+/// Runs `f`, which walks a caller's expression tree, with enough stack for the
+/// deepest tree the statement limits admit.
+fn with_stack<T>(f: impl FnOnce() -> T) -> T {
+    stacker::maybe_grow(EXPRESSION_RED_ZONE, EXPRESSION_STACK, f)
+}
+
+/// The start of a caller's text, for messages.
+fn shown(text: &str) -> String {
+    let mut short: String = text.chars().take(100).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
+}
 
 /// `predicate` as SQL the store evaluates exactly as DataFusion would, with its
 /// literals as parameters numbered from `first_param` (`$N` / `?N`).
@@ -27,14 +48,38 @@ pub fn predicate_sql(
     dialect: Dialect,
     predicate: &str,
     first_param: usize,
+    limits: &StatementLimits,
 ) -> Result<(String, Vec<Value>)> {
     let invalid = |message: String| Error::Predicate {
-        predicate: predicate.to_owned(),
+        predicate: shown(predicate),
         message,
     };
     if predicate.trim().is_empty() {
         return Err(invalid("the predicate is empty".to_owned()));
     }
+    limits.check("predicate", predicate)?;
+    let (sql, params) = with_stack(|| render_predicate(table, dialect, predicate, first_param))?;
+    let last = first_param + params.len();
+    if last > dialect.max_parameters() {
+        return Err(Error::Limit(format!(
+            "the predicate binds {} values; the store takes at most {} parameters in a statement",
+            params.len(),
+            dialect.max_parameters()
+        )));
+    }
+    Ok((sql, params))
+}
+
+fn render_predicate(
+    table: &TableInfo,
+    dialect: Dialect,
+    predicate: &str,
+    first_param: usize,
+) -> Result<(String, Vec<Value>)> {
+    let invalid = |message: String| Error::Predicate {
+        predicate: shown(predicate),
+        message,
+    };
     let schema = DFSchema::try_from(table.arrow_schema().as_ref().clone())
         .map_err(|err| invalid(err.to_string()))?;
     let expr = SessionContext::new()
@@ -63,14 +108,22 @@ pub struct RowFilter {
 
 impl RowFilter {
     /// Compiles `predicate` against `table`'s columns; it must be boolean.
-    pub fn compile(table: &TableInfo, predicate: &str) -> Result<Self> {
+    pub fn compile(table: &TableInfo, predicate: &str, limits: &StatementLimits) -> Result<Self> {
+        if predicate.trim().is_empty() {
+            return Err(Error::Predicate {
+                predicate: String::new(),
+                message: "the predicate is empty".to_owned(),
+            });
+        }
+        limits.check("filter", predicate)?;
+        with_stack(|| Self::compile_checked(table, predicate))
+    }
+
+    fn compile_checked(table: &TableInfo, predicate: &str) -> Result<Self> {
         let invalid = |message: String| Error::Predicate {
-            predicate: predicate.to_owned(),
+            predicate: shown(predicate),
             message,
         };
-        if predicate.trim().is_empty() {
-            return Err(invalid("the predicate is empty".to_owned()));
-        }
         let arrow_schema = table.arrow_schema();
         let schema = DFSchema::try_from(arrow_schema.as_ref().clone())
             .map_err(|err| invalid(err.to_string()))?;
@@ -101,6 +154,10 @@ impl RowFilter {
     /// Which rows of `batch` (rows of the table, in its column order) match; a NULL
     /// outcome does not match, as in `WHERE`.
     pub fn matches(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        with_stack(|| self.evaluate(batch))
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let outcome = self.physical.evaluate(batch)?;
         let array = outcome.into_array(batch.num_rows())?;
         let matched = match array.as_boolean_opt() {

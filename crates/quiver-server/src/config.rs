@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use quiver_query::EngineConfig;
+use quiver_query::{EngineConfig, ExecutorConfig, StatementLimits};
 use quiver_storage::sqlite::SqliteOptions;
 use quiver_storage::{PoolOptions, StoreOptions};
 use serde::Deserialize;
@@ -112,6 +112,26 @@ serve_args! {
     /// Messages queued per subscription before a slow one is served from the change
     /// log instead [default: 1024].
     subscription_buffer: usize, env = "QUIVER_SUBSCRIPTION_BUFFER";
+    /// Most tables one subscription follows [default: 64].
+    max_subscription_tables: usize, env = "QUIVER_MAX_SUBSCRIPTION_TABLES";
+    /// Largest SQL text a client may send — statements, Mutations predicates,
+    /// Subscriptions filters — KiB [default: 1024].
+    max_statement_kb: usize, env = "QUIVER_MAX_STATEMENT_KB";
+    /// Deepest expression nesting a client's SQL may have, each operator of a chain
+    /// (`a OR b OR …`) counting one level [default: 1000].
+    max_expression_depth: usize, env = "QUIVER_MAX_EXPRESSION_DEPTH";
+    /// Most parameter rows bound to a prepared query (each row runs the query once)
+    /// [default: 1024].
+    max_query_parameter_rows: usize, env = "QUIVER_MAX_QUERY_PARAMETER_ROWS";
+    /// Most operations of one Mutations Apply [default: 1000].
+    max_mutation_operations: usize, env = "QUIVER_MAX_MUTATION_OPERATIONS";
+    /// Seconds a query may compute, and may wait for its client to take a batch;
+    /// 0 for no limit [default: 600].
+    query_timeout_s: u64, env = "QUIVER_QUERY_TIMEOUT_S";
+    /// Queries running at once; more wait in line [default: 4 × CPUs].
+    max_concurrent_queries: usize, env = "QUIVER_MAX_CONCURRENT_QUERIES";
+    /// Milliseconds a query waits in line before RESOURCE_EXHAUSTED [default: 30000].
+    query_queue_timeout_ms: u64, env = "QUIVER_QUERY_QUEUE_TIMEOUT_MS";
 }
 
 /// Settings of the subscription service.
@@ -123,6 +143,8 @@ pub struct SubscriptionConfig {
     pub progress_interval: Duration,
     /// Messages queued per subscription before it is served from the log instead.
     pub buffer: usize,
+    /// Most tables one subscription follows.
+    pub max_tables: usize,
 }
 
 impl Default for SubscriptionConfig {
@@ -131,6 +153,7 @@ impl Default for SubscriptionConfig {
             max_subscribers: 10_000,
             progress_interval: Duration::from_secs(1),
             buffer: 1024,
+            max_tables: 64,
         }
     }
 }
@@ -160,6 +183,8 @@ pub struct Config {
     pub writes: WriteConfig,
     /// Limits of the subscription service.
     pub subscriptions: SubscriptionConfig,
+    /// Most parameter rows bound to a prepared query.
+    pub max_query_parameter_rows: usize,
 }
 
 /// Limits and retention of the write path.
@@ -175,6 +200,10 @@ pub struct WriteConfig {
     pub idempotency_window: Duration,
     /// How long a Flight SQL transaction may sit idle before it is rolled back.
     pub transaction_idle_timeout: Duration,
+    /// Most operations of one Mutations Apply.
+    pub max_operations: usize,
+    /// How large and deep client SQL (statements, predicates) may be.
+    pub limits: StatementLimits,
 }
 
 impl Default for Config {
@@ -206,6 +235,11 @@ impl ServeArgs {
         let engine_defaults = EngineConfig::default();
         let batch_size = self.batch_size.unwrap_or(8192);
         let max_message_size_mb = self.max_message_size_mb.unwrap_or(64);
+        let limits = StatementLimits {
+            max_bytes: self.max_statement_kb.unwrap_or(1024).saturating_mul(1024),
+            max_depth: self.max_expression_depth.unwrap_or(1000),
+        };
+        let executor_defaults = ExecutorConfig::default();
         let config = Config {
             db: self.db.unwrap_or_else(|| DEFAULT_DB.to_owned()),
             grpc_addr: self
@@ -261,6 +295,21 @@ impl ServeArgs {
                     Some(mb) => Some(mb << 20),
                     None => engine_defaults.memory_limit,
                 },
+                limits,
+                executor: ExecutorConfig {
+                    threads: executor_defaults.threads,
+                    max_concurrent: self
+                        .max_concurrent_queries
+                        .unwrap_or(executor_defaults.max_concurrent),
+                    queue_timeout: self
+                        .query_queue_timeout_ms
+                        .map_or(executor_defaults.queue_timeout, Duration::from_millis),
+                    timeout: match self.query_timeout_s {
+                        Some(0) => None,
+                        Some(s) => Some(Duration::from_secs(s)),
+                        None => executor_defaults.timeout,
+                    },
+                },
             },
             max_message_size: max_message_size_mb << 20,
             max_flight_data_size: 2 << 20,
@@ -276,6 +325,8 @@ impl ServeArgs {
                 transaction_idle_timeout: Duration::from_secs(
                     self.transaction_idle_timeout_s.unwrap_or(60),
                 ),
+                max_operations: self.max_mutation_operations.unwrap_or(1_000),
+                limits,
             },
             subscriptions: SubscriptionConfig {
                 max_subscribers: self.max_subscribers.unwrap_or(10_000),
@@ -283,7 +334,9 @@ impl ServeArgs {
                     self.subscription_progress_interval_ms.unwrap_or(1000),
                 ),
                 buffer: self.subscription_buffer.unwrap_or(1024),
+                max_tables: self.max_subscription_tables.unwrap_or(64),
             },
+            max_query_parameter_rows: self.max_query_parameter_rows.unwrap_or(1024),
         };
         config.validate()?;
         Ok(config)
@@ -339,6 +392,28 @@ impl Config {
         }
         if self.max_message_size < (4 << 20) {
             return fail("max_message_size_mb must be at least 4".to_owned());
+        }
+        if self.engine.limits.max_bytes < 1024 {
+            return fail("max_statement_kb must be at least 1".to_owned());
+        }
+        if !(10..=100_000).contains(&self.engine.limits.max_depth) {
+            return fail(format!(
+                "max_expression_depth must be between 10 and 100000, not {}",
+                self.engine.limits.max_depth
+            ));
+        }
+        if self.engine.executor.max_concurrent == 0 {
+            return fail("max_concurrent_queries must be at least 1".to_owned());
+        }
+        if self.max_query_parameter_rows == 0
+            || self.writes.max_operations == 0
+            || self.subscriptions.max_tables == 0
+        {
+            return fail(
+                "max_query_parameter_rows, max_mutation_operations and max_subscription_tables \
+                 must be at least 1"
+                    .to_owned(),
+            );
         }
         if self.demo && self.demo_tasks == 0 {
             return fail("demo_tasks must be at least 1".to_owned());

@@ -44,6 +44,11 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// The request may not do what it asks (touch Quiver's own objects, another
+    /// client's transaction).
+    #[error("{0}")]
+    PermissionDenied(String),
+
     /// Arrow data sent by the client could not be decoded.
     #[error("invalid Arrow data: {0}")]
     Arrow(#[from] ArrowError),
@@ -72,11 +77,51 @@ pub enum Error {
 /// Result type of the server.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Most bytes of a status message: default clients cannot receive much more in
+/// their headers, and no message needs to echo more of its input.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = code_of(&err);
-        Status::new(code, err.to_string())
+        if code == Code::Internal {
+            tracing::error!(error = %causes(&err), "internal error");
+        }
+        status(code, err.to_string())
     }
+}
+
+/// A status with its message cut to [`MAX_STATUS_MESSAGE`] bytes.
+pub fn status(code: Code, message: impl Into<String>) -> Status {
+    Status::new(code, bounded(message.into()))
+}
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary, saying how
+/// much was left out.
+pub fn bounded(mut message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let total = message.len();
+    let mut cut = MAX_STATUS_MESSAGE - 40;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!("… ({} more bytes)", total - cut));
+    message
+}
+
+/// An error and its causes, one after another.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The gRPC code for an error: an exhaustive match, so every new variant is classified.
@@ -91,6 +136,7 @@ pub fn code_of(err: &Error) -> Code {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Config(_) => Code::FailedPrecondition,
         Error::Io(_) | Error::Client(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) | Error::Metadata(_) => Code::Internal,
@@ -107,6 +153,10 @@ fn query_code(err: &quiver_query::Error) -> Code {
         | quiver_query::Error::ParameterCount { .. }
         | quiver_query::Error::InvalidTableName(_)
         | quiver_query::Error::NotATable(_) => Code::InvalidArgument,
+        quiver_query::Error::Limit(_) => Code::ResourceExhausted,
+        quiver_query::Error::Timeout(_) => Code::DeadlineExceeded,
+        quiver_query::Error::Cancelled(_) => Code::Cancelled,
+        quiver_query::Error::Runtime(_) => Code::Internal,
     }
 }
 
@@ -146,10 +196,7 @@ pub fn datafusion_code(err: &DataFusionError) -> Code {
         DataFusionError::ArrowError(err, _) => arrow_code(err),
         // Runtime failures on the data, such as a failed cast of a value.
         DataFusionError::Execution(_) => Code::InvalidArgument,
-        DataFusionError::External(inner) => match inner.downcast_ref::<quiver_storage::Error>() {
-            Some(storage) => storage_code(storage),
-            None => Code::Internal,
-        },
+        DataFusionError::External(inner) => external_code(inner.as_ref()),
         DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => Code::Unavailable,
         DataFusionError::Collection(errors) => {
             errors.first().map_or(Code::Internal, datafusion_code)
@@ -174,10 +221,7 @@ fn arrow_code(err: &ArrowError) -> Code {
         | ArrowError::ComputeError(_) => Code::InvalidArgument,
         ArrowError::NotYetImplemented(_) => Code::Unimplemented,
         ArrowError::MemoryError(_) => Code::ResourceExhausted,
-        ArrowError::ExternalError(inner) => match inner.downcast_ref::<quiver_storage::Error>() {
-            Some(storage) => storage_code(storage),
-            None => Code::Internal,
-        },
+        ArrowError::ExternalError(inner) => external_code(inner.as_ref()),
         ArrowError::CsvError(_)
         | ArrowError::JsonError(_)
         | ArrowError::AvroError(_)
@@ -191,11 +235,23 @@ fn arrow_code(err: &ArrowError) -> Code {
     }
 }
 
+/// Classifies an error DataFusion or Arrow carried from Quiver's own code.
+fn external_code(inner: &(dyn std::error::Error + Send + Sync + 'static)) -> Code {
+    if let Some(storage) = inner.downcast_ref::<quiver_storage::Error>() {
+        storage_code(storage)
+    } else if let Some(query) = inner.downcast_ref::<quiver_query::Error>() {
+        query_code(query)
+    } else {
+        Code::Internal
+    }
+}
+
 /// Classifies a storage error.
 pub fn storage_code(err: &quiver_storage::Error) -> Code {
     use quiver_storage::Error as S;
     match err {
-        S::Config(_) | S::Parameter { .. } => Code::InvalidArgument,
+        S::Config(_) | S::Parameter { .. } | S::Value(_) => Code::InvalidArgument,
+        S::TransactionAborted(_) => Code::Aborted,
         S::Connect { .. }
         | S::PoolTimeout { .. }
         | S::WriterBusy(_)
@@ -214,6 +270,9 @@ pub fn storage_code(err: &quiver_storage::Error) -> Code {
 fn postgres_code(err: &quiver_storage::Error) -> Code {
     if err.is_connection_lost() {
         return Code::Unavailable;
+    }
+    if err.is_bad_parameter() {
+        return Code::InvalidArgument;
     }
     let Some(state) = err.sqlstate() else {
         return Code::Internal;

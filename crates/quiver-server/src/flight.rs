@@ -9,11 +9,13 @@
 //! - `query`: planning, running and streaming queries.
 //! - `update`: DML, DDL, bound parameters, ingest and transactions.
 //! - [`metadata`]: catalog metadata and SqlInfo in Flight SQL's shapes.
-//! - `actions`: session options and subscriptions as Flight actions.
+//! - `actions`: session options, cancellation and subscriptions as Flight actions.
+//! - `cancel`: the queries running here, for `CancelFlightInfo`.
 //! - [`handle`]: the stateless statement handle.
 //! - [`session`]: the session-option messages ADBC sends.
 
 mod actions;
+mod cancel;
 pub mod handle;
 pub mod metadata;
 mod query;
@@ -28,17 +30,19 @@ use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionBeginTransactionRequest, ActionBeginTransactionResult,
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, ActionEndTransactionRequest, Any, CommandGetCatalogs,
-    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
-    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
-    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionBeginTransactionRequest, ActionBeginTransactionResult, ActionCancelQueryRequest,
+    ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    ActionEndTransactionRequest, Any, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, FlightData, FlightDescriptor, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
+    Action, ActionType, CancelStatus, FlightData, FlightDescriptor, FlightInfo, IpcMessage,
+    SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -47,8 +51,10 @@ use quiver_query::{CATALOG_NAME, QueryEngine};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use self::cancel::Queries;
 use self::handle::StatementHandle;
 use self::metadata::{KeyFilter, SQL_INFO, XDBC_TYPE_INFO};
+use crate::connection::connection_of;
 use crate::error::{Error, Result};
 use crate::subscriptions::{self, Hub};
 use crate::writes::{StatementKind, Writer, statement_kind};
@@ -62,19 +68,29 @@ pub struct QuiverFlightSqlService {
     engine: Arc<QueryEngine>,
     writer: Arc<Writer>,
     subscriptions: Arc<Hub>,
+    queries: Arc<Queries>,
     max_flight_data_size: usize,
+    max_query_parameter_rows: usize,
 }
 
 impl QuiverFlightSqlService {
     /// A service answering from `writer`'s engine and writing through `writer`; no
     /// Flight message it sends exceeds `max_flight_data_size` bytes of Arrow data
-    /// (bigger batches are split).
-    pub fn new(writer: Arc<Writer>, subscriptions: Arc<Hub>, max_flight_data_size: usize) -> Self {
+    /// (bigger batches are split), and no prepared query runs for more than
+    /// `max_query_parameter_rows` bound rows.
+    pub fn new(
+        writer: Arc<Writer>,
+        subscriptions: Arc<Hub>,
+        max_flight_data_size: usize,
+        max_query_parameter_rows: usize,
+    ) -> Self {
         Self {
             engine: Arc::clone(writer.engine()),
             writer,
             subscriptions,
+            queries: Arc::new(Queries::default()),
             max_flight_data_size,
+            max_query_parameter_rows,
         }
     }
 
@@ -97,10 +113,14 @@ impl QuiverFlightSqlService {
         handle: StatementHandle,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let owner = connection_of(&request);
+        self.writer
+            .check_transaction(handle.transaction_id.as_ref(), owner)?;
         let info = if statement_kind(&handle.sql) == StatementKind::Query {
             self.statement_info(handle, request.into_inner()).await?
         } else {
-            self.update_info(&handle, request.into_inner()).await?
+            self.update_info(&handle, request.into_inner(), owner)
+                .await?
         };
         Ok(Response::new(info))
     }
@@ -142,8 +162,6 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.writer
-            .check_transaction(query.transaction_id.as_ref())?;
         let handle = StatementHandle::new(query.query).in_transaction(query.transaction_id);
         self.statement(handle, request).await
     }
@@ -183,10 +201,10 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         self.writer
-            .check_transaction(query.transaction_id.as_ref())?;
+            .check_transaction(query.transaction_id.as_ref(), connection_of(&request))?;
         let handle = StatementHandle::new(query.query).in_transaction(query.transaction_id);
         let (dataset, parameters) = if statement_kind(&handle.sql) == StatementKind::Query {
             let prepared = self
@@ -257,20 +275,46 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_action_begin_transaction(
         &self,
         _query: ActionBeginTransactionRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
         Ok(ActionBeginTransactionResult {
-            transaction_id: self.writer.begin(),
+            transaction_id: self.writer.begin(connection_of(&request))?,
         })
     }
 
     async fn do_action_end_transaction(
         &self,
         query: ActionEndTransactionRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
-        self.end_transaction(&query.transaction_id, query.action())
-            .await
+        self.end_transaction(
+            &query.transaction_id,
+            query.action(),
+            connection_of(&request),
+        )
+        .await
+    }
+
+    async fn do_action_cancel_query(
+        &self,
+        query: ActionCancelQueryRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        let info = FlightInfo::decode(query.info).map_err(|err| {
+            crate::error::status(
+                tonic::Code::InvalidArgument,
+                format!("CancelQuery carries no FlightInfo: {err}"),
+            )
+        })?;
+        // The deprecated action's `CancelResult`: 1 is CANCELLED, 3 NOT_CANCELLABLE.
+        let status = self.cancel_flight_info(&info)?;
+        Ok(ActionCancelQueryResult {
+            result: if status == CancelStatus::Cancelled {
+                1
+            } else {
+                3
+            },
+        })
     }
 
     async fn get_flight_info_catalogs(
@@ -492,7 +536,8 @@ impl FlightSqlService for QuiverFlightSqlService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let body = self.custom_action(request.into_inner()).await?;
+        let owner = connection_of(&request);
+        let body = self.custom_action(request.into_inner(), owner).await?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
     }
@@ -517,10 +562,10 @@ impl FlightSqlService for QuiverFlightSqlService {
             let stream = subscriptions::subscribe(&self.subscriptions, &message.value).await?;
             return Ok(Response::new(Box::pin(ReceiverStream::new(stream))));
         }
-        Err(Status::invalid_argument(format!(
-            "unknown ticket type {}",
-            message.type_url
-        )))
+        Err(crate::error::status(
+            tonic::Code::InvalidArgument,
+            format!("unknown ticket type {}", message.type_url),
+        ))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

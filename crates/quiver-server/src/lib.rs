@@ -15,13 +15,17 @@
 //! - [`config`]: flags, `QUIVER_*` variables and the TOML file, merged and validated.
 //! - [`cli`]: the `quiver` subcommands (`serve`, `demo load`, `query`).
 //! - [`error`]: [`Error`] and the one mapping of errors to gRPC statuses.
+//! - [`connection`]: which client connection a request came on; closed connections.
+//! - [`ipc`]: Arrow IPC streams from clients, checked before they are read.
 //! - `test_utils` (feature `test-utils`): a `TestServer` on ephemeral ports.
 
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod flight;
 pub mod http;
+pub mod ipc;
 pub mod mutations;
 pub mod subscriptions;
 pub mod telemetry;
@@ -43,6 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::{Error, Result};
+
+use crate::connection::{Connections, TrackedStream};
 
 use crate::flight::QuiverFlightSqlService;
 use crate::mutations::MutationService;
@@ -157,18 +163,39 @@ async fn prepare_when_reachable(
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: responses are written in whole
-/// messages, and waiting for ACKs would add tens of milliseconds to small results.
-fn no_delay(
+/// Accepted connections with Nagle's algorithm off (responses are written in whole
+/// messages, and waiting for ACKs would add tens of milliseconds to small results),
+/// each tracked by `connections`.
+fn accepted(
     listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    connections: Connections,
+) -> impl futures::Stream<Item = std::io::Result<TrackedStream>> {
     use futures::TryStreamExt;
-    TcpListenerStream::new(listener).map_ok(|stream| {
+    TcpListenerStream::new(listener).map_ok(move |stream| {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
-        stream
+        connections.track(stream)
     })
+}
+
+/// The codes clients are promised for requests tonic refuses itself: a message over
+/// the size limit is `RESOURCE_EXHAUSTED` (tonic says `OUT_OF_RANGE`), one that is not
+/// valid protobuf `INVALID_ARGUMENT` (tonic says `INTERNAL`).
+fn client_codes<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let code = match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
+        Some("11") if message.contains("message length too large") => "8",
+        Some("13") if message.starts_with("failed to decode Protobuf message") => "3",
+        _ => return response,
+    };
+    headers.insert("grpc-status", axum::http::HeaderValue::from_static(code));
+    response
 }
 
 /// Serves gRPC and HTTP on `listeners` until `shutdown` is cancelled, then drains
@@ -185,6 +212,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         Arc::clone(&server.writer),
         Arc::clone(&hub),
         config.max_flight_data_size,
+        config.max_query_parameter_rows,
     );
     let flight = FlightServiceServer::new(flight)
         .max_decoding_message_size(config.max_message_size)
@@ -217,14 +245,24 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let http_addr = listeners.http.local_addr()?;
     tracing::info!(%grpc_addr, %http_addr, "serving");
 
+    // A closed connection's Flight SQL transactions are rolled back.
+    let (connections, mut closed) = Connections::new();
+    let writer = Arc::clone(&server.writer);
+    tokio::spawn(async move {
+        while let Some(connection) = closed.recv().await {
+            writer.end_connection(connection).await;
+        }
+    });
+
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(client_codes))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(flight)
         .add_service(mutations)
         .add_service(subscriptions)
-        .serve_with_incoming_shutdown(no_delay(listeners.grpc), async move {
+        .serve_with_incoming_shutdown(accepted(listeners.grpc, connections), async move {
             grpc_shutdown.cancelled().await;
         });
     let http_shutdown = shutdown.clone();

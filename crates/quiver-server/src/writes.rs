@@ -9,18 +9,18 @@
 //!
 //! # Layout
 //! - [`statement`]: what a statement does, by its first keyword.
+//! - [`guard`]: what a client's statement may do on the store.
 //! - `transactions`: Flight SQL transactions by id, and their idle reaper.
 //! - `ingest`: `CommandStatementIngest`.
 //! - `upkeep`: background retention of the change log and idempotency records.
 
+pub mod guard;
 mod ingest;
 pub mod statement;
 mod transactions;
 mod upkeep;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,6 +31,7 @@ use quiver_storage::{CommitOptions, CommitOutcome, Transaction, Value};
 pub use self::statement::{StatementKind, statement_kind};
 use self::transactions::TransactionSlot;
 use crate::config::WriteConfig;
+use crate::connection::ConnectionId;
 use crate::error::{Error, Result};
 
 /// How a unit of write work ends.
@@ -59,22 +60,15 @@ pub struct Writer {
     engine: Arc<QueryEngine>,
     config: WriteConfig,
     transactions: Mutex<HashMap<Bytes, Arc<TransactionSlot>>>,
-    next_id: AtomicU64,
-    id_seed: u64,
 }
 
 impl Writer {
     /// A writer over `engine`'s store.
     pub fn new(engine: Arc<QueryEngine>, config: WriteConfig) -> Self {
-        let id_seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
         Self {
             engine,
             config,
             transactions: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            id_seed,
         }
     }
 
@@ -88,25 +82,40 @@ impl Writer {
         &self.config
     }
 
-    /// Runs a data-changing or DDL statement once per parameter row, in `transaction_id`
-    /// or in a transaction of its own. Returns the rows changed.
+    /// Runs a client's data-changing or DDL statement once per parameter row, in the
+    /// Flight SQL transaction `transaction_id` of `owner` or in a transaction of its
+    /// own. The statement is checked against the statement limits and [`guard`] first.
+    /// Returns the rows changed.
     pub async fn execute_update(
         &self,
         sql: &str,
         rows: Vec<Vec<Value>>,
         transaction_id: Option<&Bytes>,
+        owner: Option<ConnectionId>,
     ) -> Result<u64> {
+        self.config
+            .limits
+            .check("statement", sql)
+            .map_err(Error::from)?;
         let kind = statement_kind(sql);
         if kind == StatementKind::Query {
             return Err(Error::InvalidRequest(
                 "a query cannot be executed as an update; run it as a query".to_owned(),
             ));
         }
+        if rows.len() > self.config.max_rows {
+            return Err(Error::ResourceExhausted(format!(
+                "{} parameter rows are bound; the limit is {} (max_mutation_rows)",
+                rows.len(),
+                self.config.max_rows
+            )));
+        }
         let dialect = self.engine.store().dialect();
+        guard::check_client_statement(sql, dialect)?;
         let sql = statement::store_placeholders(sql, dialect)?;
         let ddl = kind == StatementKind::Ddl;
         let written = self
-            .transact(transaction_id, ddl, async move |tx| {
+            .transact(transaction_id, owner, ddl, async move |tx| {
                 let (changed, _) = tx.run_many(&sql, rows).await?;
                 if ddl {
                     tx.capture_new_tables().await?;
@@ -117,12 +126,14 @@ impl Writer {
         Ok(written.value)
     }
 
-    /// Runs `work` in the Flight SQL transaction `transaction_id`, or in a transaction
-    /// of its own, committed (or ended) as the work's [`Finish`] says and rolled back
-    /// when it fails. `changes_schema` re-reads the catalog after the commit.
+    /// Runs `work` in the Flight SQL transaction `transaction_id` of `owner`, or in a
+    /// transaction of its own, committed (or ended) as the work's [`Finish`] says and
+    /// rolled back when it fails. `changes_schema` re-reads the catalog after the
+    /// commit.
     pub async fn transact<T>(
         &self,
         transaction_id: Option<&Bytes>,
+        owner: Option<ConnectionId>,
         changes_schema: bool,
         work: impl AsyncFnOnce(&mut Transaction) -> Result<Finish<T>>,
     ) -> Result<Written<T>> {
@@ -149,7 +160,7 @@ impl Writer {
                 }
             };
         };
-        let slot = self.slot(id)?;
+        let slot = self.slot(id, owner)?;
         let mut open = slot.state.lock().await;
         *slot.last_used.lock().expect("never poisoned") = Instant::now();
         if open.transaction.is_none() {

@@ -96,6 +96,24 @@ impl Dialect {
         }
     }
 
+    /// The timestamps (µs since the Unix epoch) the store holds and reads back: years
+    /// 0–9999 as SQLite's date text; PostgreSQL's own range (from 4714 BC), without
+    /// its ±infinity.
+    pub fn timestamp_range(self) -> std::ops::RangeInclusive<i64> {
+        match self {
+            Dialect::Sqlite => -62_167_219_200_000_000..=253_402_300_799_999_999,
+            Dialect::Postgres => -210_866_803_200_000_000..=i64::MAX,
+        }
+    }
+
+    /// The dates (days since the Unix epoch) the store holds and reads back.
+    pub fn date_range(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Dialect::Sqlite => -719_528..=2_932_896,
+            Dialect::Postgres => -2_440_588..=2_145_042_905,
+        }
+    }
+
     /// Most parameters one statement may bind.
     pub fn max_parameters(self) -> usize {
         match self {

@@ -50,6 +50,11 @@ pub enum Error {
         target: String,
     },
 
+    /// A value the store cannot hold, or not as written (out of its range, NaN on
+    /// SQLite, malformed decimal text).
+    #[error("{0}")]
+    Value(String),
+
     /// A bound parameter has a type the store cannot take.
     #[error("parameter {index}: {message}")]
     Parameter {
@@ -99,8 +104,12 @@ impl Error {
     }
 }
 
-/// PostgreSQL's message with its detail and hint, without the `db error:` prefix.
+/// PostgreSQL's message with its detail and hint, without the `db error:` prefix; a
+/// value that could not be bound is described as such.
 fn postgres_message(err: &tokio_postgres::Error) -> String {
+    if let Some(bind) = bind_error_of(err) {
+        return format!("invalid parameter value: {bind}");
+    }
     match err.as_db_error() {
         Some(db) => {
             let mut message = db.message().to_owned();
@@ -116,7 +125,28 @@ fn postgres_message(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The caller's value behind a driver error, when binding it failed.
+fn bind_error_of(err: &tokio_postgres::Error) -> Option<&crate::postgres::read::BindError> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(bind) = cause.downcast_ref::<crate::postgres::read::BindError>() {
+            return Some(bind);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 impl Error {
+    /// Whether a value the caller sent could not be bound to its parameter (the
+    /// caller's error, not the store's).
+    pub fn is_bad_parameter(&self) -> bool {
+        match self {
+            Error::Postgres(err) => bind_error_of(err).is_some(),
+            _ => false,
+        }
+    }
+
     /// The five-character SQLSTATE of an error the database reported.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

@@ -65,6 +65,26 @@ impl Store {
     }
 }
 
+/// Checks that the store can hold every value of `rows` as written.
+fn check_values(dialect: Dialect, rows: &[Vec<Value>]) -> Result<()> {
+    for (row_index, row) in rows.iter().enumerate() {
+        for (index, value) in row.iter().enumerate() {
+            if let Err(problem) = value.check_storable(dialect) {
+                let row = if rows.len() > 1 {
+                    format!("row {}, ", row_index + 1)
+                } else {
+                    String::new()
+                };
+                return Err(crate::error::Error::Value(format!(
+                    "{row}parameter {}: {problem}",
+                    index + 1
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Transaction {
     /// The SQL dialect of the connection.
     pub fn dialect(&self) -> Dialect {
@@ -90,12 +110,14 @@ impl Transaction {
 
     /// Runs `sql` once per parameter row; returns the rows changed and the rows the
     /// statement returned (`RETURNING`), in order. On PostgreSQL the executions are
-    /// pipelined: one round trip's wait for all of them.
+    /// pipelined: one round trip's wait for all of them. Values the store cannot hold
+    /// as written are refused before anything runs.
     pub async fn run_many(
         &mut self,
         sql: &str,
         rows: Vec<Vec<Value>>,
     ) -> Result<(u64, Vec<Vec<Value>>)> {
+        check_values(self.dialect(), &rows)?;
         match &mut self.backend {
             Backend::Sqlite(tx) => tx.run_many(sql, rows).await,
             Backend::Postgres(tx) => tx.run_many(sql, rows).await,
@@ -112,6 +134,7 @@ impl Transaction {
         rows: Vec<Vec<Value>>,
     ) -> Result<u64> {
         let dialect = self.dialect();
+        check_values(dialect, &rows)?;
         let target = format!(
             "{}.{}",
             dialect.quote_identifier(schema),

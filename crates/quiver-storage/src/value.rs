@@ -10,6 +10,7 @@ use arrow::datatypes::{
     UInt32Type, UInt64Type,
 };
 
+use crate::dialect::Dialect;
 use crate::error::{Error, Result};
 
 /// A parameter value in the store's terms.
@@ -45,13 +46,74 @@ impl fmt::Display for Value {
             Value::Bool(v) => write!(f, "{v}"),
             Value::Int(v) => write!(f, "{v}"),
             Value::Float(v) => write!(f, "{v}"),
-            Value::Text(v) => write!(f, "'{v}'"),
+            Value::Text(v) => write!(f, "'{}'", shorten(v)),
             Value::Blob(v) => write!(f, "<{} bytes>", v.len()),
             Value::Date(v) => write!(f, "{}", crate::time::format_date(*v)),
             Value::Timestamp(v) => write!(f, "{}", crate::time::format_timestamp_micros(*v)),
-            Value::Decimal(v) => f.write_str(v),
+            Value::Decimal(v) => f.write_str(&shorten(v)),
         }
     }
+}
+
+/// Most characters of decimal text (far beyond any store's precision).
+const MAX_DECIMAL_TEXT: usize = 1_000;
+
+impl Value {
+    /// Checks that the store of `dialect` can hold this value and read it back as
+    /// written; the error says why not (without echoing more than the value's start).
+    pub fn check_storable(&self, dialect: Dialect) -> std::result::Result<(), String> {
+        match self {
+            Value::Timestamp(micros) if !dialect.timestamp_range().contains(micros) => {
+                Err(format!(
+                    "timestamp {micros} µs is outside what the store holds ({} to {} µs since 1970)",
+                    dialect.timestamp_range().start(),
+                    dialect.timestamp_range().end()
+                ))
+            }
+            Value::Date(days) if !dialect.date_range().contains(days) => Err(format!(
+                "date {days} days is outside what the store holds ({} to {} days since 1970)",
+                dialect.date_range().start(),
+                dialect.date_range().end()
+            )),
+            Value::Float(v) if dialect == Dialect::Sqlite && !v.is_finite() => Err(format!(
+                "{v} cannot be stored: SQLite keeps only finite numbers (NaN becomes NULL)"
+            )),
+            Value::Decimal(text) => {
+                if text.len() > MAX_DECIMAL_TEXT || !is_decimal_text(text) {
+                    return Err(format!("'{}' is not a decimal number", shorten(text)));
+                }
+                if dialect == Dialect::Sqlite && !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(format!(
+                        "'{}' is beyond what SQLite's numbers hold",
+                        shorten(text)
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `text` is a plain decimal number: optional sign, digits, optional fraction
+/// (no exponent).
+pub fn is_decimal_text(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+}
+
+/// The start of `text` for messages (at most 40 characters).
+pub fn shorten(text: &str) -> String {
+    let mut short: String = text.chars().take(40).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
 }
 
 /// Reads row `row` of `column` as a [`Value`]; `column_name` names it in errors.

@@ -1,16 +1,21 @@
 //! Stateless statement handles.
 //!
 //! A handle carries everything needed to run its statement — the SQL text, the
-//! bound parameter values and the transaction it was prepared in — so any replica can
-//! serve it (a transaction itself lives on the replica that began it) and the server
-//! keeps no per-handle state. Layout (little endian):
+//! bound parameter values, the transaction it was prepared in and, in a ticket, the
+//! id `CancelFlightInfo` finds the running query by — so any replica can serve it (a
+//! transaction itself lives on the replica that began it) and the server keeps no
+//! per-handle state. Layout (little endian):
 //!
 //! ```text
-//! "QVH2" | u32 sql length | sql (UTF-8) | u32 params length | params (Arrow IPC stream)
-//!        | u32 transaction id length | transaction id | u32 FNV-1a of all before
+//! "QVH3" | u32 sql length | sql (UTF-8) | u32 params length | params (Arrow IPC stream)
+//!        | u32 transaction id length | transaction id | u32 query id length | query id
+//!        | u32 FNV-1a of all before
 //! ```
 //!
-//! The checksum turns a truncated or corrupted handle into a clean `INVALID_ARGUMENT`.
+//! (`QVH2` handles, without the query id, are still read.) The checksum turns a
+//! truncated or corrupted handle into a clean `INVALID_ARGUMENT`; every length is
+//! checked against the bytes present, and the parameters' IPC stream is checked
+//! before it is read, so a forged handle costs no more than its own size.
 
 use std::io::Cursor;
 
@@ -21,7 +26,8 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 4] = b"QVH2";
+const MAGIC: &[u8; 4] = b"QVH3";
+const MAGIC_WITHOUT_QUERY_ID: &[u8; 4] = b"QVH2";
 
 /// A statement and its bound parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +38,8 @@ pub struct StatementHandle {
     pub params: Option<RecordBatch>,
     /// The Flight SQL transaction the statement was prepared in, if any.
     pub transaction_id: Option<Bytes>,
+    /// In a ticket: the id of this execution, for `CancelFlightInfo`.
+    pub query_id: Option<[u8; 16]>,
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
@@ -61,6 +69,7 @@ impl StatementHandle {
             sql: sql.into(),
             params: None,
             transaction_id: None,
+            query_id: None,
         }
     }
 
@@ -98,6 +107,13 @@ impl StatementHandle {
         out.extend_from_slice(&params);
         out.extend_from_slice(&transaction_len.to_le_bytes());
         out.extend_from_slice(transaction);
+        match &self.query_id {
+            None => out.extend_from_slice(&0u32.to_le_bytes()),
+            Some(id) => {
+                out.extend_from_slice(&16u32.to_le_bytes());
+                out.extend_from_slice(id);
+            }
+        }
         let checksum = fnv1a(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
         Ok(Bytes::from(out))
@@ -105,7 +121,9 @@ impl StatementHandle {
 
     /// Parses a handle this server (or another replica) issued.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() < MAGIC.len() + 16 || &bytes[..4] != MAGIC {
+        if bytes.len() < MAGIC.len() + 16
+            || (&bytes[..4] != MAGIC && &bytes[..4] != MAGIC_WITHOUT_QUERY_ID)
+        {
             return Err(Error::InvalidHandle(
                 "not a Quiver statement handle".to_owned(),
             ));
@@ -128,12 +146,31 @@ impl StatementHandle {
         let transaction_len = take_u32(&mut input, "transaction id length")?;
         let transaction = take(&mut input, transaction_len, "transaction id")?;
         let transaction_id = (!transaction.is_empty()).then(|| Bytes::copy_from_slice(transaction));
+        let query_id = if &body[..4] == MAGIC {
+            let length = take_u32(&mut input, "query id length")?;
+            match length {
+                0 => None,
+                16 => {
+                    let id = take(&mut input, 16, "query id")?;
+                    Some(id.try_into().expect("take returned exactly 16 bytes"))
+                }
+                _ => {
+                    return Err(Error::InvalidHandle(
+                        "a query id of the wrong size".to_owned(),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         if !input.is_empty() {
             return Err(Error::InvalidHandle("trailing bytes".to_owned()));
         }
         let params = if params_bytes.is_empty() {
             None
         } else {
+            crate::ipc::check_stream(params_bytes)
+                .map_err(|problem| Error::InvalidHandle(format!("parameters: {problem}")))?;
             let reader = StreamReader::try_new(Cursor::new(params_bytes), None)
                 .map_err(|err| Error::InvalidHandle(format!("parameters: {err}")))?;
             let schema = reader.schema();
@@ -146,6 +183,7 @@ impl StatementHandle {
             sql,
             params,
             transaction_id,
+            query_id,
         })
     }
 }
@@ -167,6 +205,7 @@ mod tests {
             sql: "SELECT * FROM tasks WHERE id = ?".to_owned(),
             params: Some(batch),
             transaction_id: Some(Bytes::from_static(b"tx-1")),
+            query_id: Some([7; 16]),
         }
     }
 

@@ -15,12 +15,14 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
+use quiver_query::QueryControl;
 use quiver_query::params::coerce_values;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument;
 
+use super::cancel::{Queries, Running};
 use super::handle::StatementHandle;
 use super::{DoGetStream, QuiverFlightSqlService};
 use crate::error::{Error, Result};
@@ -39,17 +41,23 @@ impl QuiverFlightSqlService {
         let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
         Ok(FlightInfo::new()
             .try_with_schema(schema)
-            .map_err(|err| Status::internal(format!("cannot encode schema: {err}")))?
+            .map_err(|err| {
+                crate::error::status(
+                    tonic::Code::Internal,
+                    format!("cannot encode schema: {err}"),
+                )
+            })?
             .with_endpoint(endpoint)
             .with_descriptor(descriptor)
             .with_total_records(-1)
             .with_total_bytes(-1))
     }
 
-    /// Plans `handle`, checks its bound parameters and describes its result.
+    /// Plans `handle`, checks its bound parameters and describes its result; the
+    /// ticket carries a fresh query id (for `CancelFlightInfo`).
     pub(super) async fn statement_info(
         &self,
-        handle: StatementHandle,
+        mut handle: StatementHandle,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         let query = self
@@ -57,9 +65,10 @@ impl QuiverFlightSqlService {
             .prepare(&handle.sql)
             .await
             .map_err(Error::from)?;
-        for row in bound_rows(&handle)? {
+        for row in self.bound_rows(&handle)? {
             coerce_values(query.parameters(), row).map_err(Error::from)?;
         }
+        handle.query_id = Some(Queries::new_id()?);
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode()?,
         }
@@ -68,16 +77,25 @@ impl QuiverFlightSqlService {
         self.flight_info(&query.schema(), ticket.into(), descriptor)
     }
 
-    /// Plans and runs the statement of `handle` once per bound parameter row.
+    /// Plans and runs the statement of `handle` once per bound parameter row; a
+    /// ticket's query id makes it cancellable while it runs.
     pub(super) async fn run_statement(
         &self,
         handle: StatementHandle,
     ) -> Result<SendableRecordBatchStream> {
+        let (control, running) = match handle.query_id {
+            Some(id) => {
+                let (control, running) = self.queries.start(id)?;
+                (control, Some(running))
+            }
+            None => (QueryControl::default(), None),
+        };
         let query = self.engine.prepare(&handle.sql).await?;
-        let rows = bound_rows(&handle)?;
+        let rows = self.bound_rows(&handle)?;
         if rows.len() == 1 {
             let params = rows.into_iter().next().expect("one row");
-            return Ok(self.engine.execute(&query, params).await?);
+            let batches = self.engine.execute_with(&query, params, control).await?;
+            return Ok(holding(batches, running));
         }
         // Several parameter rows: the results of each execution, one after another.
         let schema = query.schema();
@@ -86,15 +104,49 @@ impl QuiverFlightSqlService {
             .then(move |params| {
                 let engine = Arc::clone(&engine);
                 let query = query.clone();
+                let control = control.clone();
                 async move {
                     engine
-                        .execute(&query, params)
+                        .execute_with(&query, params, control)
                         .await
                         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
                 }
             })
             .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, streams)))
+        Ok(holding(
+            Box::pin(RecordBatchStreamAdapter::new(schema, streams)),
+            running,
+        ))
+    }
+
+    /// The parameter values bound to `handle`, one list per row (one empty list when
+    /// none are bound); more rows than `max_query_parameter_rows` are refused before
+    /// any is read.
+    fn bound_rows(&self, handle: &StatementHandle) -> Result<Vec<Vec<ScalarValue>>> {
+        let Some(batch) = &handle.params else {
+            return Ok(vec![Vec::new()]);
+        };
+        if batch.num_rows() > self.max_query_parameter_rows {
+            return Err(Error::ResourceExhausted(format!(
+                "{} parameter rows are bound to the query; the limit is {} \
+                 (max_query_parameter_rows)",
+                batch.num_rows(),
+                self.max_query_parameter_rows
+            )));
+        }
+        (0..batch.num_rows())
+            .map(|row| {
+                batch
+                    .columns()
+                    .iter()
+                    .map(|column| {
+                        ScalarValue::try_from_array(column, row).map_err(|err| {
+                            Error::InvalidRequest(format!("cannot read parameter value: {err}"))
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Encodes batches as Flight data on a task of their own, a few batches ahead.
@@ -108,24 +160,34 @@ impl QuiverFlightSqlService {
             .build(source);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let span = tracing::debug_span!("flight.stream", messages = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                let mut messages = 0u64;
-                while let Some(item) = encoded.next().await {
-                    let item = item.map_err(|err| match err {
-                        FlightError::Tonic(status) => *status,
-                        other => Status::internal(other.to_string()),
-                    });
-                    let failed = item.is_err();
-                    if sender.send(item).await.is_err() || failed {
-                        break;
-                    }
-                    messages += 1;
+        // Encoding is CPU work: it runs on the query runtime. It stops as soon as the
+        // client is gone, even while the query has not produced its first batch.
+        let encoding = async move {
+            let mut messages = 0u64;
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    () = sender.closed() => break,
+                    item = encoded.next() => item,
+                };
+                let Some(item) = item else {
+                    break;
+                };
+                let item = item.map_err(|err| match err {
+                    FlightError::Tonic(status) => *status,
+                    other => crate::error::status(tonic::Code::Internal, other.to_string()),
+                });
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    break;
                 }
-                tracing::Span::current().record("messages", messages);
+                messages += 1;
             }
-            .instrument(span),
-        );
+            tracing::Span::current().record("messages", messages);
+        };
+        self.engine
+            .executor()
+            .spawn_detached(encoding.instrument(span));
         Box::pin(ReceiverStream::new(receiver))
     }
 
@@ -137,23 +199,15 @@ impl QuiverFlightSqlService {
     }
 }
 
-/// The parameter values bound to `handle`, one list per row (one empty list when none
-/// are bound).
-fn bound_rows(handle: &StatementHandle) -> Result<Vec<Vec<ScalarValue>>> {
-    let Some(batch) = &handle.params else {
-        return Ok(vec![Vec::new()]);
-    };
-    (0..batch.num_rows())
-        .map(|row| {
-            batch
-                .columns()
-                .iter()
-                .map(|column| {
-                    ScalarValue::try_from_array(column, row).map_err(|err| {
-                        Error::InvalidRequest(format!("cannot read parameter value: {err}"))
-                    })
-                })
-                .collect()
-        })
-        .collect()
+/// `batches`, keeping `running` (the query's registration) until they are dropped.
+fn holding(
+    batches: SendableRecordBatchStream,
+    running: Option<Running>,
+) -> SendableRecordBatchStream {
+    let schema = batches.schema();
+    let kept = batches.map(move |batch| {
+        let _registered = &running;
+        batch
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, kept))
 }

@@ -3,7 +3,7 @@
 //! transactions — all through the shared write path.
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::Schema;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
@@ -18,7 +18,9 @@ use tonic::{Request, Status};
 
 use super::handle::StatementHandle;
 use super::{QuiverFlightSqlService, decode_handle};
-use crate::error::Result;
+use crate::connection::{ConnectionId, connection_of};
+use crate::error::{Error, Result};
+use crate::writes::{StatementKind, statement_kind};
 
 impl QuiverFlightSqlService {
     /// Runs a data-changing statement at GetFlightInfo time (what ADBC's
@@ -28,24 +30,45 @@ impl QuiverFlightSqlService {
         &self,
         handle: &StatementHandle,
         descriptor: FlightDescriptor,
+        owner: Option<ConnectionId>,
     ) -> Result<FlightInfo, Status> {
-        let changed = self.run_update(handle).await?;
+        let changed = self.run_update(handle, owner).await?;
         Ok(FlightInfo::new()
             .try_with_schema(&Schema::empty())
-            .map_err(|err| Status::internal(format!("cannot encode schema: {err}")))?
+            .map_err(|err| {
+                crate::error::status(
+                    tonic::Code::Internal,
+                    format!("cannot encode schema: {err}"),
+                )
+            })?
             .with_descriptor(descriptor)
             .with_total_records(changed)
             .with_total_bytes(-1))
     }
 
     /// Runs the statement of `handle` once per bound parameter row; the rows changed.
-    async fn run_update(&self, handle: &StatementHandle) -> Result<i64> {
+    async fn run_update(
+        &self,
+        handle: &StatementHandle,
+        owner: Option<ConnectionId>,
+    ) -> Result<i64> {
+        let max_rows = self.writer.config().max_rows;
+        if handle
+            .params
+            .as_ref()
+            .is_some_and(|p| p.num_rows() > max_rows)
+        {
+            return Err(Error::ResourceExhausted(format!(
+                "more than {max_rows} parameter rows are bound (max_mutation_rows)"
+            )));
+        }
         let changed = self
             .writer
             .execute_update(
                 &handle.sql,
                 bound_values(handle)?,
                 handle.transaction_id.as_ref(),
+                owner,
             )
             .await?;
         tracing::Span::current().record("rows", changed);
@@ -60,7 +83,12 @@ impl QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut handle = decode_handle(&query.prepared_statement_handle)?;
-        let (_, batches) = read_put_stream(request, "parameter batches").await?;
+        let (max_rows, limit) = if statement_kind(&handle.sql) == StatementKind::Query {
+            (self.max_query_parameter_rows, "max_query_parameter_rows")
+        } else {
+            (self.writer.config().max_rows, "max_mutation_rows")
+        };
+        let batches = read_put_stream(request, "parameter batches", max_rows, limit).await?;
         handle.params = concat(batches)?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.encode()?),
@@ -75,12 +103,13 @@ impl QuiverFlightSqlService {
     ) -> Result<i64, Status> {
         // Read the stream to its end even though a plain update carries no data (only
         // the descriptor, which is not an Arrow message).
+        let owner = connection_of(&request);
         let mut stream = request.into_inner();
         while let Some(message) = stream.next().await {
-            message?;
+            message.map_err(put_status)?;
         }
         let handle = StatementHandle::new(command.query).in_transaction(command.transaction_id);
-        Ok(self.run_update(&handle).await?)
+        Ok(self.run_update(&handle, owner).await?)
     }
 
     /// `CommandPreparedStatementUpdate`: the prepared statement once per parameter row
@@ -91,11 +120,14 @@ impl QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let mut handle = decode_handle(&command.prepared_statement_handle)?;
-        let (_, batches) = read_put_stream(request, "parameter batches").await?;
+        let owner = connection_of(&request);
+        let max_rows = self.writer.config().max_rows;
+        let batches =
+            read_put_stream(request, "parameter batches", max_rows, "max_mutation_rows").await?;
         if let Some(params) = concat(batches)? {
             handle.params = Some(params);
         }
-        Ok(self.run_update(&handle).await?)
+        Ok(self.run_update(&handle, owner).await?)
     }
 
     /// `CommandStatementIngest`: the batches of the stream into a table.
@@ -104,11 +136,27 @@ impl QuiverFlightSqlService {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (schema, batches) = read_put_stream(request, "ingest data").await?;
-        let schema = schema
-            .or_else(|| batches.first().map(|b| b.schema()))
-            .ok_or_else(|| Status::invalid_argument("ingest stream carries no schema"))?;
-        let written = self.writer.ingest(&command, &schema, batches).await?;
+        let owner = connection_of(&request);
+        let mut stream = put_batches(request);
+        // The schema comes with the first message; the batches follow as they arrive.
+        let first = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|err| put_error(err, "ingest data"))?;
+        let schema = stream
+            .schema()
+            .cloned()
+            .or_else(|| first.as_ref().map(|b| b.schema()))
+            .ok_or_else(|| {
+                Error::InvalidRequest("the ingest stream carries no schema".to_owned())
+            })?;
+        let rest = stream.map(|batch| batch.map_err(|err| put_error(err, "ingest data")));
+        let batches = futures::stream::iter(first.map(Ok)).chain(rest);
+        let written = self
+            .writer
+            .ingest(&command, &schema, batches, owner)
+            .await?;
         tracing::Span::current().record("rows", written);
         Ok(i64::try_from(written).unwrap_or(i64::MAX))
     }
@@ -118,6 +166,7 @@ impl QuiverFlightSqlService {
         &self,
         id: &Bytes,
         action: EndTransaction,
+        owner: Option<ConnectionId>,
     ) -> Result<(), Status> {
         let commit = match action {
             EndTransaction::Commit => true,
@@ -128,7 +177,7 @@ impl QuiverFlightSqlService {
                 ));
             }
         };
-        self.writer.end(id, commit).await?;
+        self.writer.end(id, commit, owner).await?;
         Ok(())
     }
 }
@@ -153,22 +202,68 @@ fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
     }
 }
 
-/// Reads a DoPut stream to its end: its schema and batches.
-async fn read_put_stream(
-    request: Request<PeekableFlightDataStream>,
-    what: &str,
-) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
-    // A descriptor-only message (no Arrow header) carries no data: skip it.
+/// The Arrow batches of a DoPut stream, decoded one message at a time; messages with
+/// no Arrow header (the descriptor alone) are skipped.
+fn put_batches(request: Request<PeekableFlightDataStream>) -> FlightRecordBatchStream {
     let messages = request
         .into_inner()
         .try_filter(|message| std::future::ready(!message.data_header.is_empty()))
         .map_err(FlightError::from);
-    let mut stream = FlightRecordBatchStream::new_from_flight_data(messages);
-    let mut batches = Vec::new();
-    while let Some(batch) = stream.next().await {
-        batches.push(
-            batch.map_err(|err| Status::invalid_argument(format!("cannot read {what}: {err}")))?,
-        );
+    FlightRecordBatchStream::new_from_flight_data(messages)
+}
+
+/// A DoPut stream's failure as the client's error: tonic's codes for an oversize
+/// (`OUT_OF_RANGE`) or undecodable (`INTERNAL`) message become the documented ones.
+fn put_status(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange => {
+            crate::error::status(tonic::Code::ResourceExhausted, status.message())
+        }
+        tonic::Code::Internal if status.message().starts_with("failed to decode") => {
+            crate::error::status(tonic::Code::InvalidArgument, status.message())
+        }
+        _ => status,
     }
-    Ok((stream.schema().cloned(), batches))
+}
+
+fn put_error(err: FlightError, what: &str) -> Error {
+    match err {
+        FlightError::Tonic(status) => {
+            let status = put_status(*status);
+            match status.code() {
+                tonic::Code::ResourceExhausted => {
+                    Error::ResourceExhausted(status.message().to_owned())
+                }
+                tonic::Code::Cancelled | tonic::Code::Unavailable => {
+                    Error::Unavailable(format!("the {what} stream ended: {}", status.message()))
+                }
+                _ => Error::InvalidRequest(format!("cannot read {what}: {}", status.message())),
+            }
+        }
+        other => Error::InvalidRequest(format!("cannot read {what}: {other}")),
+    }
+}
+
+/// Reads a DoPut stream to its end: its batches, refusing more than `max_rows` rows in
+/// all before another batch is kept.
+async fn read_put_stream(
+    request: Request<PeekableFlightDataStream>,
+    what: &str,
+    max_rows: usize,
+    limit: &str,
+) -> Result<Vec<RecordBatch>> {
+    let mut stream = put_batches(request);
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|err| put_error(err, what))?;
+        rows = rows.saturating_add(batch.num_rows());
+        if rows > max_rows {
+            return Err(Error::ResourceExhausted(format!(
+                "the {what} hold more than {max_rows} rows ({limit})"
+            )));
+        }
+        batches.push(batch);
+    }
+    Ok(batches)
 }

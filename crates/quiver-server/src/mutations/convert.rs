@@ -2,12 +2,9 @@
 //! column's type, Arrow IPC rows checked against a table, and store values read back
 //! (generated keys) as protobuf values of the column's type.
 
-use std::io::Cursor;
-
 use arrow::datatypes::DataType;
-use arrow::ipc::reader::StreamReader;
 use quiver_proto::v1::{self as pb, value::Kind};
-use quiver_storage::{ColumnInfo, TableInfo, Value};
+use quiver_storage::{ColumnInfo, Dialect, TableInfo, Value};
 
 use crate::error::{Error, Result};
 
@@ -43,18 +40,24 @@ fn expected_kind(data_type: &DataType) -> &'static str {
     }
 }
 
-fn is_decimal_text(text: &str) -> bool {
-    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-    !(whole.is_empty() && fraction.is_empty())
-        && whole
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_digit())
+/// Converts a protobuf value for `column`, or explains why it does not fit.
+///
+/// The value must also be one the store of `dialect` holds as written (dates and
+/// timestamps within its range, no NaN on SQLite, decimals that parse).
+pub(super) fn store_value(
+    column: &ColumnInfo,
+    value: &pb::Value,
+    row: usize,
+    dialect: Dialect,
+) -> Result<Value> {
+    let converted = convert_value(column, value, row)?;
+    converted.check_storable(dialect).map_err(|problem| {
+        Error::InvalidRequest(format!("row {row}, column '{}': {problem}", column.name))
+    })?;
+    Ok(converted)
 }
 
-/// Converts a protobuf value for `column`, or explains why it does not fit.
-pub(super) fn store_value(column: &ColumnInfo, value: &pb::Value, row: usize) -> Result<Value> {
+fn convert_value(column: &ColumnInfo, value: &pb::Value, row: usize) -> Result<Value> {
     let kind = &value.kind;
     let mismatch = || {
         Error::InvalidRequest(format!(
@@ -93,10 +96,11 @@ pub(super) fn store_value(column: &ColumnInfo, value: &pb::Value, row: usize) ->
         (DataType::Float32 | DataType::Float64, Kind::Double(v)) => Value::Float(*v),
         (DataType::Float32 | DataType::Float64, Kind::Int64(v)) => Value::Float(*v as f64),
         (DataType::Decimal128(..) | DataType::Decimal256(..), Kind::Decimal(v)) => {
-            if !is_decimal_text(v) {
+            if !quiver_storage::value::is_decimal_text(v) {
                 return Err(Error::InvalidRequest(format!(
-                    "row {row}, column '{}': '{v}' is not a decimal number",
-                    column.name
+                    "row {row}, column '{}': '{}' is not a decimal number",
+                    column.name,
+                    quiver_storage::value::shorten(v)
                 )));
             }
             Value::Decimal(v.clone())
@@ -170,14 +174,18 @@ pub(super) fn column<'t>(table: &'t TableInfo, name: &str) -> Result<&'t ColumnI
 
 /// Typed rows grouped into runs of rows naming the same columns, each run one
 /// statement.
-pub(super) fn typed_rows(table: &TableInfo, rows: &[pb::Row]) -> Result<Vec<RowRun>> {
+pub(super) fn typed_rows(
+    table: &TableInfo,
+    rows: &[pb::Row],
+    dialect: Dialect,
+) -> Result<Vec<RowRun>> {
     let mut runs: Vec<RowRun> = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         let columns: Vec<String> = row.values.keys().cloned().collect();
         let values = row
             .values
             .iter()
-            .map(|(name, value)| store_value(column(table, name)?, value, index + 1))
+            .map(|(name, value)| store_value(column(table, name)?, value, index + 1, dialect))
             .collect::<Result<Vec<_>>>()?;
         match runs.last_mut() {
             Some((run_columns, run_rows)) if *run_columns == columns => run_rows.push(values),
@@ -188,11 +196,17 @@ pub(super) fn typed_rows(table: &TableInfo, rows: &[pb::Row]) -> Result<Vec<RowR
 }
 
 /// An Arrow IPC stream as column names and rows, checked against the table.
-pub(super) fn arrow_rows(table: &TableInfo, ipc: &[u8]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
-    let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|err| {
-        Error::InvalidRequest(format!("arrow_ipc is not an Arrow IPC stream: {err}"))
-    })?;
-    let schema = reader.schema();
+///
+/// The stream is checked and its rows counted against `max_rows` before any row is
+/// converted; each value must be one the store holds as written.
+pub(super) fn arrow_rows(
+    table: &TableInfo,
+    ipc: &[u8],
+    max_rows: usize,
+    dialect: Dialect,
+) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+    let (schema, batches) =
+        crate::ipc::read_stream(ipc, "arrow_ipc", max_rows, "max_mutation_rows")?;
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let column = column(table, field.name())?;
@@ -208,11 +222,18 @@ pub(super) fn arrow_rows(table: &TableInfo, ipc: &[u8]) -> Result<(Vec<String>, 
         columns.push(field.name().clone());
     }
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|err| {
-            Error::InvalidRequest(format!("arrow_ipc batch cannot be read: {err}"))
-        })?;
-        rows.extend(quiver_storage::value::rows_of_batch(&batch)?);
+    for batch in &batches {
+        for values in quiver_storage::value::rows_of_batch(batch)? {
+            for (value, name) in values.iter().zip(&columns) {
+                value.check_storable(dialect).map_err(|problem| {
+                    Error::InvalidRequest(format!(
+                        "row {}, column '{name}': {problem}",
+                        rows.len() + 1
+                    ))
+                })?;
+            }
+            rows.push(values);
+        }
     }
     Ok((columns, rows))
 }
@@ -242,14 +263,6 @@ fn arrow_fits(from: &DataType, to: &DataType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimal_text_is_checked() {
-        assert!(is_decimal_text("-12.50"));
-        assert!(is_decimal_text("3"));
-        assert!(!is_decimal_text("1e3"));
-        assert!(!is_decimal_text("."));
-    }
 
     #[test]
     fn arrow_types_fit_columns_by_kind() {

@@ -33,7 +33,7 @@ pub(super) async fn run(
         request_hash,
     } = plan;
     let attempt = writer
-        .transact(None, false, async |tx| {
+        .transact(None, None, false, async |tx| {
             if let Some(key) = &idempotency_key
                 && let Some(stored) = tx.stored_response(key).await?
             {
@@ -87,7 +87,7 @@ pub(super) async fn run(
         Err(Error::Storage(err)) if idempotency_key.is_some() && err.is_idempotency_conflict() => {
             let key = idempotency_key.as_deref().unwrap_or_default();
             let stored = writer
-                .transact(None, false, async |tx| {
+                .transact(None, None, false, async |tx| {
                     Ok(Finish::Nothing(tx.stored_response(key).await?))
                 })
                 .await?

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use quiver_proto::v1::{
     self as pb, DeleteRequest, InsertRequest, UpdateRequest, operation, selector,
 };
-use quiver_query::QueryEngine;
+use quiver_query::{QueryEngine, StatementLimits};
 use quiver_storage::{Dialect, TableInfo, Value};
 
 use super::convert::{arrow_rows, column, store_value, typed_rows};
@@ -84,7 +84,8 @@ impl Planner<'_> {
         }
         let mut steps = Vec::new();
         if !rows.arrow_ipc.is_empty() {
-            let (columns, values) = arrow_rows(&table, &rows.arrow_ipc)?;
+            let (columns, values) =
+                arrow_rows(&table, &rows.arrow_ipc, self.limits.max_rows, dialect)?;
             if upsert {
                 check_keys_present(&table, &columns, 1)?;
                 steps.push(Execution::Rows {
@@ -102,7 +103,7 @@ impl Planner<'_> {
             }
         } else {
             let mut row_number = 1;
-            for (columns, values) in typed_rows(&table, &rows.rows)? {
+            for (columns, values) in typed_rows(&table, &rows.rows, dialect)? {
                 if upsert {
                     check_keys_present(&table, &columns, row_number)?;
                 }
@@ -132,7 +133,7 @@ impl Planner<'_> {
         let set_values = set
             .values
             .iter()
-            .map(|(name, value)| store_value(column(&table, name)?, value, 1))
+            .map(|(name, value)| store_value(column(&table, name)?, value, 1, dialect))
             .collect::<Result<Vec<_>>>()?;
         let assignments: Vec<String> = set
             .values
@@ -140,8 +141,13 @@ impl Planner<'_> {
             .enumerate()
             .map(|(i, name)| format!("{} = {}", statements.quote(name), statements.param(i + 1)))
             .collect();
-        let (condition, selector_rows, _) =
-            plan_selector(&table, &request.r#where, dialect, set_values.len() + 1)?;
+        let (condition, selector_rows, _) = plan_selector(
+            &table,
+            &request.r#where,
+            dialect,
+            &self.limits.limits,
+            set_values.len() + 1,
+        )?;
         let sql = format!(
             "UPDATE {} SET {} WHERE {condition}",
             statements.target(),
@@ -171,7 +177,8 @@ impl Planner<'_> {
             table: &table,
             dialect,
         };
-        let (condition, rows, _) = plan_selector(&table, &request.r#where, dialect, 1)?;
+        let (condition, rows, _) =
+            plan_selector(&table, &request.r#where, dialect, &self.limits.limits, 1)?;
         let sql = format!("DELETE FROM {} WHERE {condition}", statements.target());
         Ok(Planned {
             steps: vec![Execution::Rows {
@@ -191,6 +198,14 @@ impl Planner<'_> {
         encoded: &[u8],
     ) -> Result<Plan> {
         let limits = self.limits;
+        // Counted before any per-operation work.
+        if operations.len() > limits.max_operations {
+            return Err(Error::ResourceExhausted(format!(
+                "the request has {} operations; the limit is {} (max_mutation_operations)",
+                operations.len(),
+                limits.max_operations
+            )));
+        }
         if encoded.len() > limits.max_request_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "the request is {} bytes; the limit is {} (max_mutation_size_mb)",
@@ -237,7 +252,7 @@ impl Planner<'_> {
         Ok(Plan {
             operations: planned,
             idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned()),
-            request_hash: format!("{:016x}", fnv1a64(encoded)),
+            request_hash: request_digest(encoded),
         })
     }
 }
@@ -248,6 +263,7 @@ fn plan_selector(
     table: &TableInfo,
     selector: &Option<pb::Selector>,
     dialect: Dialect,
+    limits: &StatementLimits,
     first: usize,
 ) -> Result<(String, Vec<Vec<Value>>, usize)> {
     let statements = Statements { table, dialect };
@@ -284,7 +300,7 @@ fn plan_selector(
                                     index + 1
                                 ))
                             })?;
-                            store_value(column(table, name)?, value, index + 1)
+                            store_value(column(table, name)?, value, index + 1, dialect)
                         })
                         .collect()
                 })
@@ -293,16 +309,18 @@ fn plan_selector(
         }
         Some(selector::Target::Predicate(predicate)) => {
             let (sql, params) =
-                quiver_query::predicate::predicate_sql(table, dialect, predicate, first)?;
+                quiver_query::predicate::predicate_sql(table, dialect, predicate, first, limits)?;
             Ok((sql, vec![params], 0))
         }
     }
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+/// A SHA-256 digest of the encoded request: a retry with the same idempotency key
+/// must be the same request, and a different one can never collide with it.
+fn request_digest(encoded: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(encoded);
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn row_count(rows: &Option<pb::Rows>) -> usize {

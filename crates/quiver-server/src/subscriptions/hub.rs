@@ -172,7 +172,7 @@ impl Hub {
 
     /// Checks `request` against the catalog.
     pub(crate) fn compile(&self, request: &Request) -> Result<Spec> {
-        Spec::compile(&self.engine, request)
+        Spec::compile(&self.engine, request, self.config.max_tables)
     }
 
     /// Takes a place for a new subscription and fixes where it starts; fails with

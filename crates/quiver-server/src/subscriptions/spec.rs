@@ -60,15 +60,34 @@ pub(crate) struct Spec {
 
 impl Spec {
     /// Checks `request` against the catalog.
-    pub(crate) fn compile(engine: &QueryEngine, request: &Request) -> Result<Self> {
+    pub(crate) fn compile(
+        engine: &QueryEngine,
+        request: &Request,
+        max_tables: usize,
+    ) -> Result<Self> {
         if request.tables.is_empty() {
             return Err(Error::InvalidRequest(
                 "a subscription needs at least one table".to_owned(),
             ));
         }
+        // Counted before any per-table work, repeats included.
+        if request.tables.len() > max_tables {
+            return Err(Error::ResourceExhausted(format!(
+                "the subscription names {} tables; the limit is {max_tables} \
+                 (max_subscription_tables)",
+                request.tables.len()
+            )));
+        }
+        let mut names: Vec<&String> = request.tables.iter().collect();
+        names.sort();
+        names.dedup();
         let filter = request.filter.as_deref().filter(|f| !f.trim().is_empty());
+        if let Some(filter) = filter {
+            // Once, before it is compiled for each table.
+            engine.limits().check("filter", filter)?;
+        }
         let mut follows = HashMap::new();
-        for name in &request.tables {
+        for name in names {
             let table = engine.resolve_table(name).map_err(Error::from)?;
             let log_name: Arc<str> = Arc::from(quiver_storage::changelog::table_log_name(
                 &table,
@@ -76,7 +95,7 @@ impl Spec {
             ));
             let filter = filter
                 .map(|predicate| {
-                    RowFilter::compile(&table, predicate).map_err(|err| {
+                    RowFilter::compile(&table, predicate, engine.limits()).map_err(|err| {
                         match request.tables.len() {
                             1 => Error::from(err),
                             _ => Error::InvalidRequest(format!("table '{name}': {err}")),

@@ -52,7 +52,9 @@ fn word(token: &Token) -> Option<&Word> {
 }
 
 fn keyword(token: Option<&Token>) -> Keyword {
-    token.and_then(word).map_or(Keyword::NoKeyword, |w| w.keyword)
+    token
+        .and_then(word)
+        .map_or(Keyword::NoKeyword, |w| w.keyword)
 }
 
 /// Checks a client statement before it runs on the store of `dialect`.
@@ -65,7 +67,7 @@ pub fn check_client_statement(sql: &str, dialect: Dialect) -> Result<()> {
             Token::Word(word) => Some(word.value.as_str()),
             Token::SingleQuotedString(text)
             | Token::DoubleQuotedString(text)
-            | Token::DollarQuotedString(datafusion::sql::sqlparser::tokenizer::DollarQuotedString {
+            | Token::DollarQuotedString(datafusion::sql::sqlparser::ast::DollarQuotedString {
                 value: text,
                 ..
             })
@@ -84,12 +86,10 @@ pub fn check_client_statement(sql: &str, dialect: Dialect) -> Result<()> {
         }
     }
     let first = keyword(tokens.first());
-    let temporary = tokens.iter().take(4).any(|t| {
-        matches!(
-            keyword(Some(t)),
-            Keyword::TEMP | Keyword::TEMPORARY
-        )
-    });
+    let temporary = tokens
+        .iter()
+        .take(4)
+        .any(|t| matches!(keyword(Some(t)), Keyword::TEMP | Keyword::TEMPORARY));
     if first == Keyword::CREATE && temporary {
         return Err(refuse(
             "temporary objects cannot be created: the store's connections are shared",

@@ -1,22 +1,34 @@
 //! Flight SQL bulk ingest: create, append to or replace a table from Arrow batches.
+//!
+//! The batches stream into the store as they arrive, a slice of rows at a time, in
+//! one transaction: memory stays bounded by one message, however large the ingest.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use arrow_flight::sql::{
     CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
 };
+use futures::{Stream, StreamExt};
 use quiver_storage::{CommitOptions, Dialect};
 
+use quiver_storage::dialect::is_internal_name;
+
 use super::{Finish, Writer};
+use crate::connection::ConnectionId;
 use crate::error::{Error, Result};
 
+/// Rows converted and written at a time.
+const INGEST_SLICE_ROWS: usize = 8_192;
+
 impl Writer {
-    /// Bulk-loads `batches` as `command` describes (create / append / replace).
+    /// Bulk-loads `batches` (of `schema`) as `command` describes (create / append /
+    /// replace), for the connection `owner`, as they arrive.
     pub async fn ingest(
         &self,
         command: &CommandStatementIngest,
         schema: &Schema,
-        batches: Vec<RecordBatch>,
+        batches: impl Stream<Item = Result<RecordBatch>> + Send,
+        owner: Option<ConnectionId>,
     ) -> Result<u64> {
         if command.temporary {
             return Err(Error::InvalidRequest(
@@ -34,6 +46,24 @@ impl Writer {
             return Err(Error::InvalidRequest(
                 "ingest names no target table".to_owned(),
             ));
+        }
+        if is_internal_name(&schema_name) || is_internal_name(&table) {
+            return Err(Error::PermissionDenied(
+                "ingest may not write Quiver's internal objects (names starting with _quiver)"
+                    .to_owned(),
+            ));
+        }
+        if !self
+            .engine
+            .catalog()
+            .schemas
+            .iter()
+            .any(|s| s.name == schema_name)
+        {
+            return Err(Error::NotFound(format!(
+                "schema '{}' does not exist",
+                quiver_storage::value::shorten(&schema_name)
+            )));
         }
         let options = command
             .table_definition_options
@@ -81,13 +111,9 @@ impl Writer {
             Some(info) => quiver_storage::changelog::table_log_name(info, dialect),
             None => table.clone(),
         };
-        let rows = batches
-            .iter()
-            .map(quiver_storage::value::rows_of_batch)
-            .collect::<quiver_storage::Result<Vec<_>>>()?
-            .concat();
         let ddl = !steps.is_empty();
-        self.transact(command.transaction_id.as_ref(), ddl, async move |tx| {
+        let expected = schema.fields().len();
+        self.transact(command.transaction_id.as_ref(), owner, ddl, async move |tx| {
             for step in &steps {
                 tx.execute_script(step).await?;
             }
@@ -97,7 +123,24 @@ impl Writer {
             if ddl {
                 tx.capture_new_tables().await?;
             }
-            let written = tx.bulk_insert(&schema_name, &table, &columns, rows).await?;
+            let mut written = 0u64;
+            futures::pin_mut!(batches);
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                if batch.num_columns() != expected {
+                    return Err(Error::InvalidRequest(format!(
+                        "an ingest batch has {} columns where the stream's schema has {expected}",
+                        batch.num_columns()
+                    )));
+                }
+                let mut offset = 0;
+                while offset < batch.num_rows() {
+                    let length = INGEST_SLICE_ROWS.min(batch.num_rows() - offset);
+                    let rows = quiver_storage::value::rows_of_batch(&batch.slice(offset, length))?;
+                    written += tx.bulk_insert(&schema_name, &table, &columns, rows).await?;
+                    offset += length;
+                }
+            }
             Ok(Finish::Commit(written, CommitOptions::default()))
         })
         .await

@@ -1,17 +1,21 @@
 //! Flight SQL transactions: opened by `BeginTransaction`, begun on the store at their
 //! first write (so a client that keeps a transaction open only to read never holds a
-//! connection, or on SQLite the writer), ended by `EndTransaction` or rolled back when
-//! idle too long.
+//! connection, or on SQLite the writer), ended by `EndTransaction`, by the client's
+//! `CloseSession` or disconnect, or rolled back when idle too long.
+//!
+//! A transaction belongs to the connection that began it. Its id is 128 random bits,
+//! and every use is checked against the connection it comes on: another client can
+//! neither guess an id nor use one it learned.
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
 use quiver_storage::{CommitOptions, Transaction};
 
 use super::Writer;
+use crate::connection::ConnectionId;
 use crate::error::{Error, Result};
 
 /// A Flight SQL transaction: begun on the store at its first write, so a client that
@@ -25,38 +29,56 @@ pub(super) struct OpenTransaction {
 
 #[derive(Debug)]
 pub(super) struct TransactionSlot {
+    pub(super) owner: Option<ConnectionId>,
     pub(super) state: tokio::sync::Mutex<OpenTransaction>,
     pub(super) last_used: Mutex<Instant>,
 }
 
+/// What a client is told of a transaction that is not its own or not there: the same,
+/// so nothing is learned about other clients' ids.
+fn unknown(id: &Bytes) -> Error {
+    let shown: String = String::from_utf8_lossy(id).chars().take(64).collect();
+    Error::NotFound(format!(
+        "transaction '{shown}' does not exist (it ended, timed out, began on another \
+         connection, or on another replica)"
+    ))
+}
+
 impl Writer {
-    pub(super) fn slot(&self, id: &Bytes) -> Result<Arc<TransactionSlot>> {
-        self.transactions
-            .lock()
-            .expect("never poisoned")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "transaction '{}' does not exist (it ended, timed out, or began on another replica)",
-                    String::from_utf8_lossy(id)
-                ))
-            })
+    /// The open transaction `id`, when `owner` began it.
+    pub(super) fn slot(
+        &self,
+        id: &Bytes,
+        owner: Option<ConnectionId>,
+    ) -> Result<Arc<TransactionSlot>> {
+        let transactions = self.transactions.lock().expect("never poisoned");
+        match transactions.get(id) {
+            Some(slot) if slot.owner == owner => Ok(Arc::clone(slot)),
+            _ => Err(unknown(id)),
+        }
     }
 
-    /// Checks that `transaction_id`, when given, names an open transaction.
-    pub fn check_transaction(&self, transaction_id: Option<&Bytes>) -> Result<()> {
+    /// Checks that `transaction_id`, when given, names an open transaction of `owner`.
+    pub fn check_transaction(
+        &self,
+        transaction_id: Option<&Bytes>,
+        owner: Option<ConnectionId>,
+    ) -> Result<()> {
         match transaction_id.filter(|id| !id.is_empty()) {
-            Some(id) => self.slot(id).map(drop),
+            Some(id) => self.slot(id, owner).map(drop),
             None => Ok(()),
         }
     }
 
-    /// Opens a Flight SQL transaction and returns its id.
-    pub fn begin(&self) -> Bytes {
-        let sequence = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = Bytes::from(format!("qtx-{:016x}-{sequence}", self.id_seed));
+    /// Opens a Flight SQL transaction for the connection `owner`; its id.
+    pub fn begin(&self, owner: Option<ConnectionId>) -> Result<Bytes> {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random)
+            .map_err(|err| Error::Internal(format!("no randomness for a transaction id: {err}")))?;
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let id = Bytes::from(format!("qtx-{hex}"));
         let slot = Arc::new(TransactionSlot {
+            owner,
             state: tokio::sync::Mutex::new(OpenTransaction::default()),
             last_used: Mutex::new(Instant::now()),
         });
@@ -64,22 +86,19 @@ impl Writer {
             .lock()
             .expect("never poisoned")
             .insert(id.clone(), slot);
-        id
+        Ok(id)
     }
 
-    /// Commits or rolls back a Flight SQL transaction.
-    pub async fn end(&self, id: &Bytes, commit: bool) -> Result<()> {
-        let slot = self
-            .transactions
-            .lock()
-            .expect("never poisoned")
-            .remove(id)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "transaction '{}' does not exist (it ended, timed out, or began on another replica)",
-                    String::from_utf8_lossy(id)
-                ))
-            })?;
+    /// Commits or rolls back the Flight SQL transaction `id` of `owner`.
+    pub async fn end(&self, id: &Bytes, commit: bool, owner: Option<ConnectionId>) -> Result<()> {
+        let slot = {
+            let mut transactions = self.transactions.lock().expect("never poisoned");
+            match transactions.get(id) {
+                Some(slot) if slot.owner == owner => transactions.remove(id),
+                _ => None,
+            }
+        }
+        .ok_or_else(|| unknown(id))?;
         let mut open = slot.state.lock().await;
         let Some(tx) = open.transaction.take() else {
             return Ok(());
@@ -91,6 +110,32 @@ impl Writer {
             self.rollback(tx).await;
         }
         Ok(())
+    }
+
+    /// Rolls back every transaction of the connection `owner` (its session closed, or
+    /// the connection itself); how many there were.
+    pub async fn end_connection(&self, owner: ConnectionId) -> usize {
+        let ended: Vec<Arc<TransactionSlot>> = {
+            let mut transactions = self.transactions.lock().expect("never poisoned");
+            let ids: Vec<Bytes> = transactions
+                .iter()
+                .filter(|(_, slot)| slot.owner == Some(owner))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|id| transactions.remove(id))
+                .collect()
+        };
+        for slot in &ended {
+            let mut open = slot.state.lock().await;
+            if let Some(tx) = open.transaction.take() {
+                self.rollback(tx).await;
+            }
+        }
+        if !ended.is_empty() {
+            tracing::info!(connection = %owner, transactions = ended.len(), "transactions of a closed session rolled back");
+        }
+        ended.len()
     }
 
     /// Open Flight SQL transactions.

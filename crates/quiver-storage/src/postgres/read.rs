@@ -247,7 +247,9 @@ impl Decoder {
                 // ±infinity are i32::MAX / i32::MIN and stay at the extremes.
                 b.append_value(match days {
                     i32::MAX | i32::MIN => days,
-                    _ => days + EPOCH_DAYS,
+                    _ => days
+                        .checked_add(EPOCH_DAYS)
+                        .ok_or("a date beyond Arrow's Date32")?,
                 });
             }
             Decoder::Time(b) => b.append_value(i64::from_be_bytes(be(raw)?)),
@@ -255,7 +257,9 @@ impl Decoder {
                 let micros = i64::from_be_bytes(be(raw)?);
                 b.append_value(match micros {
                     i64::MAX | i64::MIN => micros,
-                    _ => micros + EPOCH_MICROS,
+                    _ => micros
+                        .checked_add(EPOCH_MICROS)
+                        .ok_or("a timestamp beyond Arrow's microseconds")?,
                 });
             }
             Decoder::Interval(b) => {
@@ -375,8 +379,65 @@ fn append_array(raw: &[u8], item: &mut Decoder) -> Result<usize, String> {
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
 
+/// A value that cannot be bound to a parameter of the type PostgreSQL asked for: the
+/// caller's error, recognised as such when it comes back inside the driver's error.
+#[derive(Debug)]
+pub(crate) struct BindError(pub(crate) String);
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+fn bind_error(message: impl Into<String>) -> BoxError {
+    Box::new(BindError(message.into()))
+}
+
 fn mismatch(value: &Value, ty: &Type) -> BoxError {
-    format!("cannot bind {value} to a parameter of type {ty}").into()
+    bind_error(format!("cannot bind {value} to a parameter of type {ty}"))
+}
+
+fn fits<T: TryFrom<i64>>(value: i64, ty: &Type) -> Result<T, BoxError> {
+    T::try_from(value).map_err(|_| bind_error(format!("{value} is out of range for {ty}")))
+}
+
+fn parsed<T: std::str::FromStr>(text: &str, ty: &Type) -> Result<T, BoxError> {
+    text.parse()
+        .map_err(|_| bind_error(format!("'{}' is not a {ty}", crate::value::shorten(text))))
+}
+
+/// µs since 1970 as PostgreSQL's µs since 2000, refusing what would wrap or land on
+/// its ±infinity.
+fn timestamp_2000(micros: i64) -> Result<i64, BoxError> {
+    micros
+        .checked_sub(EPOCH_MICROS)
+        .filter(|v| *v != i64::MIN && *v != i64::MAX)
+        .ok_or_else(|| bind_error(format!("timestamp {micros} µs is out of range")))
+}
+
+/// Days since 1970 as PostgreSQL's days since 2000.
+fn date_2000(days: i32) -> Result<i32, BoxError> {
+    days.checked_sub(EPOCH_DAYS)
+        .filter(|v| *v != i32::MIN && *v != i32::MAX)
+        .ok_or_else(|| bind_error(format!("date {days} days is out of range")))
+}
+
+/// A UUID's 16 bytes from its text (hyphens anywhere, as PostgreSQL accepts).
+fn uuid_bytes(text: &str) -> Result<[u8; 16], BoxError> {
+    let invalid = || bind_error(format!("'{}' is not a UUID", crate::value::shorten(text)));
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(invalid());
+    }
+    let mut bytes = [0u8; 16];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        let digits = std::str::from_utf8(pair).map_err(|_| invalid())?;
+        *byte = u8::from_str_radix(digits, 16).map_err(|_| invalid())?;
+    }
+    Ok(bytes)
 }
 
 impl ToSql for Value {
@@ -389,9 +450,9 @@ impl ToSql for Value {
             },
             Value::Int(v) => match *ty {
                 Type::INT8 => out.put_i64(*v),
-                Type::INT4 => out.put_i32(i32::try_from(*v)?),
-                Type::INT2 => out.put_i16(i16::try_from(*v)?),
-                Type::OID => out.put_u32(u32::try_from(*v)?),
+                Type::INT4 => out.put_i32(fits(*v, ty)?),
+                Type::INT2 => out.put_i16(fits(*v, ty)?),
+                Type::OID => out.put_u32(fits(*v, ty)?),
                 Type::FLOAT8 => out.put_f64(*v as f64),
                 Type::FLOAT4 => out.put_f32(*v as f32),
                 Type::NUMERIC => out.put_slice(&encode_numeric(&v.to_string())?),
@@ -406,11 +467,11 @@ impl ToSql for Value {
             },
             Value::Decimal(v) => match *ty {
                 Type::NUMERIC => out.put_slice(&encode_numeric(v)?),
-                Type::FLOAT8 => out.put_f64(v.parse()?),
-                Type::FLOAT4 => out.put_f32(v.parse()?),
-                Type::INT8 => out.put_i64(v.parse()?),
-                Type::INT4 => out.put_i32(v.parse()?),
-                Type::INT2 => out.put_i16(v.parse()?),
+                Type::FLOAT8 => out.put_f64(parsed(v, ty)?),
+                Type::FLOAT4 => out.put_f32(parsed(v, ty)?),
+                Type::INT8 => out.put_i64(parsed(v, ty)?),
+                Type::INT4 => out.put_i32(parsed(v, ty)?),
+                Type::INT2 => out.put_i16(parsed(v, ty)?),
                 Type::TEXT | Type::VARCHAR => out.put_slice(v.as_bytes()),
                 _ => return Err(mismatch(self, ty)),
             },
@@ -420,15 +481,7 @@ impl ToSql for Value {
                     out.put_u8(1);
                     out.put_slice(v.as_bytes());
                 }
-                (_, &Type::UUID) => {
-                    let hex: String = v.chars().filter(|c| *c != '-').collect();
-                    if hex.len() != 32 {
-                        return Err(format!("'{v}' is not a UUID").into());
-                    }
-                    for i in 0..16 {
-                        out.put_u8(u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?);
-                    }
-                }
+                (_, &Type::UUID) => out.put_slice(&uuid_bytes(v)?),
                 (
                     _,
                     &Type::TEXT
@@ -439,16 +492,18 @@ impl ToSql for Value {
                     | &Type::UNKNOWN,
                 ) => out.put_slice(v.as_bytes()),
                 (_, &Type::NUMERIC) => out.put_slice(&encode_numeric(v)?),
-                (_, &Type::DATE) => out.put_i32(
-                    crate::time::parse_date_days(v)
-                        .ok_or_else(|| format!("'{v}' is not a date"))?
-                        - EPOCH_DAYS,
-                ),
-                (_, &Type::TIMESTAMP | &Type::TIMESTAMPTZ) => out.put_i64(
-                    crate::time::parse_timestamp_micros(v)
-                        .ok_or_else(|| format!("'{v}' is not a timestamp"))?
-                        - EPOCH_MICROS,
-                ),
+                (_, &Type::DATE) => {
+                    let days = crate::time::parse_date_days(v).ok_or_else(|| {
+                        bind_error(format!("'{}' is not a date", crate::value::shorten(v)))
+                    })?;
+                    out.put_i32(date_2000(days)?);
+                }
+                (_, &Type::TIMESTAMP | &Type::TIMESTAMPTZ) => {
+                    let micros = crate::time::parse_timestamp_micros(v).ok_or_else(|| {
+                        bind_error(format!("'{}' is not a timestamp", crate::value::shorten(v)))
+                    })?;
+                    out.put_i64(timestamp_2000(micros)?);
+                }
                 _ => return Err(mismatch(self, ty)),
             },
             Value::Blob(v) => match *ty {
@@ -456,13 +511,16 @@ impl ToSql for Value {
                 _ => return Err(mismatch(self, ty)),
             },
             Value::Date(days) => match *ty {
-                Type::DATE => out.put_i32(days - EPOCH_DAYS),
+                Type::DATE => out.put_i32(date_2000(*days)?),
                 _ => return Err(mismatch(self, ty)),
             },
             Value::Timestamp(micros) => match *ty {
-                Type::TIMESTAMP | Type::TIMESTAMPTZ => out.put_i64(micros - EPOCH_MICROS),
+                Type::TIMESTAMP | Type::TIMESTAMPTZ => out.put_i64(timestamp_2000(*micros)?),
                 Type::DATE => {
-                    out.put_i32(i32::try_from(micros.div_euclid(86_400_000_000))? - EPOCH_DAYS)
+                    let days = i32::try_from(micros.div_euclid(86_400_000_000)).map_err(|_| {
+                        bind_error(format!("timestamp {micros} µs is out of range for a date"))
+                    })?;
+                    out.put_i32(date_2000(days)?);
                 }
                 _ => return Err(mismatch(self, ty)),
             },
@@ -480,7 +538,12 @@ impl ToSql for Value {
 /// Encodes decimal text (`-12.50`, `1e3` is not accepted) in PostgreSQL's binary
 /// `numeric` format: base-10000 digits, weight, sign and display scale.
 pub(crate) fn encode_numeric(text: &str) -> Result<Vec<u8>, BoxError> {
-    let invalid = || -> BoxError { format!("'{text}' is not a decimal number").into() };
+    let invalid = || -> BoxError {
+        bind_error(format!(
+            "'{}' is not a decimal number",
+            crate::value::shorten(text)
+        ))
+    };
     let trimmed = text.trim();
     let (negative, unsigned) = match trimmed.strip_prefix('-') {
         Some(rest) => (true, rest),

@@ -150,17 +150,16 @@ impl SqliteTransaction {
 
     /// Logs a table-level event (`truncate`).
     pub(crate) async fn log_table_event(&mut self, table: &str, op: &str) -> Result<()> {
-        let values = vec![vec![
-            Value::Text(table.to_owned()),
-            Value::Text(op.to_owned()),
-        ]];
-        self.run_many(
-            "INSERT INTO _quiver_changes (version, table_name, op)
-             SELECT version, ?1, ?2 FROM temp._quiver_txn WHERE capture",
-            values,
-        )
-        .await?;
-        Ok(())
+        let (table, op) = (table.to_owned(), op.to_owned());
+        self.run(Trusted::Yes, move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO _quiver_changes (version, table_name, op)
+                 SELECT version, ?1, ?2 FROM temp._quiver_txn WHERE capture",
+            )?
+            .execute([table, op])?;
+            Ok(())
+        })
+        .await
     }
 
     /// (Re)creates the writer's TEMP capture triggers of every table, as this

@@ -253,3 +253,60 @@ async fn postgres_change_log_from_before_its_schema_moves_there_whole() {
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].op, "update");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_client_ddl_on_captured_tables_still_works() {
+    let (_backend, store) = logged_sqlite().await;
+    for script in [
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, at TIMESTAMP)",
+        "CREATE INDEX notes_body ON notes (body)",
+        "ALTER TABLE notes ADD COLUMN score REAL",
+        "ALTER TABLE notes RENAME TO memos",
+        "ALTER TABLE memos RENAME COLUMN body TO text",
+        "DROP INDEX notes_body",
+        "DROP TABLE memos",
+        "DROP TABLE task_history",
+    ] {
+        let mut tx = store.begin().await.unwrap();
+        tx.execute_script(script)
+            .await
+            .unwrap_or_else(|err| panic!("{script}: {err}"));
+        tx.capture_new_tables().await.unwrap();
+        tx.commit(CommitOptions::default()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_replacing_a_captured_table_in_one_transaction_is_logged() {
+    let (_backend, store) = logged_sqlite().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.execute_script("CREATE TABLE readings (id INTEGER PRIMARY KEY, old TEXT)")
+        .await
+        .unwrap();
+    tx.capture_new_tables().await.unwrap();
+    tx.execute_script("INSERT INTO readings VALUES (1, 'a')")
+        .await
+        .unwrap();
+    tx.commit(CommitOptions::default()).await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    tx.execute_script("DROP TABLE \"main\".\"readings\"")
+        .await
+        .unwrap();
+    tx.execute_script("CREATE TABLE \"main\".\"readings\" (id INTEGER, value REAL)")
+        .await
+        .unwrap();
+    tx.log_table_event("readings", "truncate").await.unwrap();
+    tx.capture_new_tables().await.unwrap();
+    let columns = ["id".to_owned(), "value".to_owned()];
+    tx.bulk_insert(
+        "main",
+        "readings",
+        &columns,
+        vec![vec![Value::Int(1), Value::Float(2.5)]],
+    )
+    .await
+    .unwrap();
+    let outcome = tx.commit(CommitOptions::default()).await.unwrap();
+    assert_eq!(outcome.changes, 2, "the truncate and the new row");
+}
