@@ -11,6 +11,7 @@ use datafusion::catalog::{
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -19,7 +20,7 @@ use quiver_storage::{Catalog, Store, TableInfo, TableKind};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::executor::{Executor, ExecutorConfig, QueryControl};
+use crate::executor::{Executor, ExecutorConfig, QueryControl, YieldEverywhere};
 use crate::limits::StatementLimits;
 use crate::normalize::{client_schema, to_client_batch};
 use crate::params::{Parameter, coerce_values, number_placeholders};
@@ -130,7 +131,12 @@ impl QueryEngine {
         if let Some(limit) = config.memory_limit {
             runtime = runtime.with_memory_limit(limit, 1.0);
         }
-        let ctx = SessionContext::new_with_config_rt(session, runtime.build_arc()?);
+        let state = SessionStateBuilder::new_with_default_features()
+            .with_config(session)
+            .with_runtime_env(runtime.build_arc()?)
+            .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         Ok(Self {
             store,
             ctx,

@@ -14,8 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -303,6 +309,53 @@ enum Ending {
     Reported,
     /// Stopped for the reason given.
     Failed(String),
+}
+
+/// Makes every operator of a plan yield to the runtime regularly.
+///
+/// DataFusion yields where data arrives (its leaves), but an operator that produces
+/// much from little — a cross join, an aggregate over it — can compute for seconds in
+/// one poll, and a query whose client left would run to its end. Putting a cooperative
+/// boundary above every operator spends a unit of the task's budget per batch passed
+/// up, so the query's task yields every so many batches and notices it was cancelled.
+#[derive(Debug, Default)]
+pub struct YieldEverywhere;
+
+impl PhysicalOptimizerRule for YieldEverywhere {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if node.is::<CooperativeExec>() || node.children().is_empty() {
+                return Ok(Transformed::no(node));
+            }
+            let children: Vec<Arc<dyn ExecutionPlan>> = node
+                .children()
+                .into_iter()
+                .map(|child| {
+                    if child.is::<CooperativeExec>() {
+                        Arc::clone(child)
+                    } else {
+                        Arc::new(CooperativeExec::new(Arc::clone(child))) as Arc<dyn ExecutionPlan>
+                    }
+                })
+                .collect();
+            Ok(Transformed::yes(replace_children_if_necessary(
+                node, children,
+            )?))
+        })
+        .map(|transformed| transformed.data)
+    }
+
+    fn name(&self) -> &str {
+        "YieldEverywhere"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
 }
 
 fn timed_out(timeout: Option<Duration>) -> Error {

@@ -191,7 +191,8 @@ pub fn datafusion_code(err: &DataFusionError) -> Code {
         | DataFusionError::SchemaError(..)
         | DataFusionError::Configuration(_)
         | DataFusionError::Substrait(_) => Code::InvalidArgument,
-        DataFusionError::NotImplemented(_) => Code::Unimplemented,
+        // What DataFusion does not implement is a client statement Quiver does not take.
+        DataFusionError::NotImplemented(_) => Code::InvalidArgument,
         DataFusionError::ResourcesExhausted(_) => Code::ResourceExhausted,
         DataFusionError::ArrowError(err, _) => arrow_code(err),
         // Runtime failures on the data, such as a failed cast of a value.
@@ -298,7 +299,7 @@ fn postgres_code(err: &quiver_storage::Error) -> Code {
 fn sqlite_code(err: &rusqlite::Error) -> Code {
     use rusqlite::ErrorCode as C;
     match err {
-        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+        rusqlite::Error::SqliteFailure(failure, message) => match failure.code {
             C::ConstraintViolation => {
                 if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                     || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
@@ -316,13 +317,26 @@ fn sqlite_code(err: &rusqlite::Error) -> Code {
             C::OperationInterrupted => Code::Cancelled,
             C::ReadOnly | C::TypeMismatch => Code::FailedPrecondition,
             C::TooBig => Code::ResourceExhausted,
+            C::OutOfMemory => Code::ResourceExhausted,
             C::PermissionDenied | C::AuthorizationForStatementDenied => Code::PermissionDenied,
+            C::Unknown
+                if message.as_deref().is_some_and(|m| {
+                    m.starts_with("no such table") || m.starts_with("no such index")
+                }) =>
+            {
+                Code::NotFound
+            }
             C::Unknown => Code::InvalidArgument,
             _ => Code::Internal,
         },
-        rusqlite::Error::SqlInputError { .. } | rusqlite::Error::InvalidParameterCount(..) => {
-            Code::InvalidArgument
-        }
+        rusqlite::Error::SqlInputError { .. }
+        | rusqlite::Error::InvalidParameterCount(..)
+        | rusqlite::Error::InvalidParameterName(_)
+        | rusqlite::Error::MultipleStatement
+        | rusqlite::Error::ExecuteReturnedResults
+        | rusqlite::Error::NulError(_)
+        | rusqlite::Error::ToSqlConversionFailure(_)
+        | rusqlite::Error::UserFunctionError(_) => Code::InvalidArgument,
         _ => Code::Internal,
     }
 }

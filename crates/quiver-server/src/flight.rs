@@ -113,9 +113,15 @@ impl QuiverFlightSqlService {
         handle: StatementHandle,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        // Size first: everything after reads the text.
+        self.engine
+            .limits()
+            .check("statement", &handle.sql)
+            .map_err(Error::from)?;
         let owner = connection_of(&request);
         self.writer
             .check_transaction(handle.transaction_id.as_ref(), owner)?;
+        crate::writes::guard::check_query(&handle.sql)?;
         let info = if statement_kind(&handle.sql) == StatementKind::Query {
             self.statement_info(handle, request.into_inner()).await?
         } else {
@@ -156,7 +162,7 @@ fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
 impl FlightSqlService for QuiverFlightSqlService {
     type FlightService = QuiverFlightSqlService;
 
-    #[tracing::instrument(name = "flight.get_flight_info.statement", skip_all, fields(db.query.text = %query.query, rows = tracing::field::Empty))]
+    #[tracing::instrument(name = "flight.get_flight_info.statement", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&query.query), rows = tracing::field::Empty))]
     async fn get_flight_info_statement(
         &self,
         query: CommandStatementQuery,
@@ -183,7 +189,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = decode_handle(&ticket.statement_handle)?;
-        tracing::Span::current().record("db.query.text", handle.sql.as_str());
+        tracing::Span::current().record("db.query.text", crate::telemetry::shown_sql(&handle.sql));
         self.run(handle).await
     }
 
@@ -197,7 +203,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             .await
     }
 
-    #[tracing::instrument(name = "flight.create_prepared_statement", skip_all, fields(db.query.text = %query.query))]
+    #[tracing::instrument(name = "flight.create_prepared_statement", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&query.query)))]
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
@@ -206,6 +212,11 @@ impl FlightSqlService for QuiverFlightSqlService {
         self.writer
             .check_transaction(query.transaction_id.as_ref(), connection_of(&request))?;
         let handle = StatementHandle::new(query.query).in_transaction(query.transaction_id);
+        self.engine
+            .limits()
+            .check("statement", &handle.sql)
+            .map_err(Error::from)?;
+        crate::writes::guard::check_query(&handle.sql)?;
         let (dataset, parameters) = if statement_kind(&handle.sql) == StatementKind::Query {
             let prepared = self
                 .engine
@@ -245,7 +256,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         Ok(())
     }
 
-    #[tracing::instrument(name = "flight.statement_update", skip_all, fields(db.query.text = %command.query, rows = tracing::field::Empty))]
+    #[tracing::instrument(name = "flight.statement_update", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&command.query), rows = tracing::field::Empty))]
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,

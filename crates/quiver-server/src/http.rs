@@ -4,14 +4,17 @@
 //! (`[{"id": 1, "status": "todo"}, …]`, NULLs as `null`, timestamps as ISO-8601 text).
 //! With `Accept: application/x-ndjson` (or `"format": "ndjson"`) it answers one object
 //! per line instead. Rows are encoded batch by batch as the query produces them, so
-//! memory stays bounded. Errors found before the first row answer a JSON error with a
-//! status matching the gRPC code; a failure mid-stream aborts the response.
+//! memory stays bounded; when the client goes away the query stops. Every error —
+//! a bad body, an unknown route, a query that fails before its first row — answers
+//! the JSON error `{"error": {"code", "message"}}` with a status matching the gRPC
+//! code; a failure mid-stream aborts the response.
 
 use std::sync::Arc;
 
 use arrow_json::writer::{JsonArray, LineDelimited, WriterBuilder};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,16 +39,44 @@ pub struct HttpState {
     pub engine: Arc<QueryEngine>,
     /// The subscription service, for its metrics.
     pub subscriptions: Arc<crate::subscriptions::Hub>,
+    /// The supervised background tasks, for readiness.
+    pub tasks: Arc<crate::supervise::Tasks>,
 }
+
+/// Room for the JSON around the largest statement a query body may carry.
+const BODY_OVERHEAD: usize = 64 << 10;
+
+/// How long readiness waits for the store before answering from the pool's state.
+const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
+    let body_limit = state.engine.limits().max_bytes + BODY_OVERHEAD;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/query", post(query))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_body(
+        StatusCode::NOT_FOUND,
+        Code::NotFound,
+        "no such route".to_owned(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error_body(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unimplemented,
+        "this route does not take that method".to_owned(),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -68,10 +99,28 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 
 async fn readyz(State(state): State<HttpState>) -> Response {
     let store = state.engine.store();
-    let reason = match store.ping().await {
-        Err(err) => Some(err.to_string()),
+    // Queries may hold every pooled connection: a ping that waits is answered from
+    // what the pool last saw of the store, so readiness never waits behind them.
+    let ping = match tokio::time::timeout(READY_PING_TIMEOUT, store.ping()).await {
+        Ok(outcome) => outcome.map_err(|err| err.to_string()),
+        Err(_) => {
+            let pool = store.pool_status();
+            if pool.reachable {
+                Ok(())
+            } else {
+                Err(pool
+                    .last_error
+                    .unwrap_or_else(|| "the store does not answer".to_owned()))
+            }
+        }
+    };
+    let reason = match ping {
+        Err(err) => Some(err),
         Ok(()) if !state.engine.is_loaded() => Some("the catalog is not loaded yet".to_owned()),
-        Ok(()) => None,
+        Ok(()) => state
+            .tasks
+            .failure()
+            .map(|failure| format!("a background task is down: {failure}")),
     };
     let pool = pool_json(&store.pool_status());
     match reason {
@@ -150,16 +199,40 @@ fn http_status(code: Code) -> StatusCode {
 
 fn error_response(err: Error) -> Response {
     let code = code_of(&err);
-    let body = json!({"error": {"code": code_name(code), "message": err.to_string()}});
-    (http_status(code), Json(body)).into_response()
+    if code == Code::Internal {
+        tracing::error!(error = %err, "internal error");
+    }
+    error_body(http_status(code), code, err.to_string())
 }
 
-#[tracing::instrument(name = "http.query", skip_all, fields(db.query.text = %request.sql))]
+/// The documented JSON error body.
+fn error_body(status: StatusCode, code: Code, message: String) -> Response {
+    let body =
+        json!({"error": {"code": code_name(code), "message": crate::error::bounded(message)}});
+    (status, Json(body)).into_response()
+}
+
+/// A body that is not the JSON a route takes, as the documented JSON error.
+fn rejection_response(rejection: JsonRejection) -> Response {
+    let status = rejection.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+        _ => Code::InvalidArgument,
+    };
+    error_body(status, code, rejection.body_text())
+}
+
+#[tracing::instrument(name = "http.query", skip_all, fields(db.query.text = tracing::field::Empty))]
 async fn query(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Json(request): Json<QueryRequest>,
+    body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return rejection_response(rejection),
+    };
+    tracing::Span::current().record("db.query.text", crate::telemetry::shown_sql(&request.sql));
     let wants_lines = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -175,10 +248,32 @@ async fn query(
         None if wants_lines => Format::Lines,
         None => Format::Array,
     };
-    let batches = match state.engine.sql(&request.sql).await {
+    if let Err(err) = state
+        .engine
+        .limits()
+        .check("statement", &request.sql)
+        .map_err(Error::from)
+        .and_then(|()| crate::writes::guard::check_query(&request.sql))
+    {
+        return error_response(err);
+    }
+    let mut batches = match state.engine.sql(&request.sql).await {
         Ok(batches) => batches,
         Err(err) => return error_response(err.into()),
     };
+    // The status is sent with the first batch: an error before it (a failed or timed
+    // out aggregate) is still a JSON error with its own status.
+    let schema = batches.schema();
+    let first = match batches.next().await {
+        Some(Err(err)) => return error_response(Error::Query(err.into())),
+        first => first,
+    };
+    let batches: SendableRecordBatchStream = Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(first).chain(batches),
+        ),
+    );
     let content_type = match format {
         Format::Array => "application/json",
         Format::Lines => "application/x-ndjson",
@@ -210,7 +305,12 @@ fn encode_json(
             };
             let io_error = |message: String| std::io::Error::other(message);
             loop {
-                let next = batches.next().await;
+                // A client that went away stops the query, even before its first batch.
+                let next = tokio::select! {
+                    biased;
+                    () = sender.closed() => return,
+                    next = batches.next() => next,
+                };
                 let finished = next.is_none();
                 let encoded = tokio::task::spawn_blocking(move || {
                     let result = match (&mut writer, next) {

@@ -28,6 +28,7 @@ pub mod http;
 pub mod ipc;
 pub mod mutations;
 pub mod subscriptions;
+pub mod supervise;
 pub mod telemetry;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
@@ -179,9 +180,11 @@ fn accepted(
     })
 }
 
-/// The codes clients are promised for requests tonic refuses itself: a message over
-/// the size limit is `RESOURCE_EXHAUSTED` (tonic says `OUT_OF_RANGE`), one that is not
-/// valid protobuf `INVALID_ARGUMENT` (tonic says `INTERNAL`).
+/// The codes clients are promised for requests the gRPC and Flight SQL layers refuse
+/// themselves: a message over the size limit is `RESOURCE_EXHAUSTED` (tonic says
+/// `OUT_OF_RANGE`), one that is not valid protobuf — or a Flight SQL command that does
+/// not decode, or is missing — `INVALID_ARGUMENT` (they say `INTERNAL` and
+/// `UNIMPLEMENTED`).
 fn client_codes<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
     let headers = response.headers_mut();
     let message = headers
@@ -191,7 +194,16 @@ fn client_codes<B>(mut response: axum::http::Response<B>) -> axum::http::Respons
         .unwrap_or_default();
     let code = match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
         Some("11") if message.contains("message length too large") => "8",
-        Some("13") if message.starts_with("failed to decode Protobuf message") => "3",
+        Some("13")
+            if message.starts_with("failed to decode Protobuf message")
+                || message.contains("Unable to decode Any value")
+                || message.contains("Unable to unpack") =>
+        {
+            "3"
+        }
+        Some("12") if message.starts_with("Unhandled Error") && message.contains("is missing") => {
+            "3"
+        }
         _ => return response,
     };
     headers.insert("grpc-status", axum::http::HeaderValue::from_static(code));
@@ -238,8 +250,18 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|err| Error::Internal(format!("cannot build the reflection service: {err}")))?;
-    tokio::spawn(Arc::clone(&server.writer).maintain(shutdown.clone()));
-    tokio::spawn(Arc::clone(&hub).follow());
+    let tasks = Arc::new(supervise::Tasks::default());
+    {
+        let writer = Arc::clone(&server.writer);
+        let stop = shutdown.clone();
+        tasks.supervise("write upkeep", shutdown.clone(), move || {
+            Arc::clone(&writer).maintain(stop.clone())
+        });
+        let hub = Arc::clone(&hub);
+        tasks.supervise("change-log tail", shutdown.clone(), move || {
+            Arc::clone(&hub).follow()
+        });
+    }
 
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
@@ -269,6 +291,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let router = http::router(http::HttpState {
         engine: Arc::clone(&server.engine),
         subscriptions: Arc::clone(&hub),
+        tasks: Arc::clone(&tasks),
     });
     let http_listener = listeners.http.tap_io(|stream| {
         if let Err(err) = stream.set_nodelay(true) {

@@ -5,10 +5,21 @@ use std::process::ExitCode;
 use clap::Parser;
 use quiver_server::cli::{Cli, run};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of the threads serving requests: a margin over tokio's default for the
+/// recursion a request may cause before it reaches the query runtime.
+const THREAD_STACK: usize = 8 << 20;
+
+fn main() -> ExitCode {
     quiver_server::telemetry::init();
-    match run(Cli::parse()).await {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build();
+    let outcome = match runtime {
+        Ok(runtime) => runtime.block_on(run(Cli::parse())),
+        Err(err) => Err(quiver_server::Error::Io(err)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("quiver: {err}");

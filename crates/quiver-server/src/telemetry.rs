@@ -22,3 +22,19 @@ pub fn init() {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
+
+/// Most bytes of a client's SQL recorded in a span: enough to recognise a statement,
+/// never the megabytes a client may send.
+const SHOWN_SQL: usize = 2048;
+
+/// The start of `sql`, as spans record it.
+pub fn shown_sql(sql: &str) -> &str {
+    if sql.len() <= SHOWN_SQL {
+        return sql;
+    }
+    let mut end = SHOWN_SQL;
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    &sql[..end]
+}

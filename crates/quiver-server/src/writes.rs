@@ -97,6 +97,7 @@ impl Writer {
             .limits
             .check("statement", sql)
             .map_err(Error::from)?;
+        guard::check_query(sql)?;
         let kind = statement_kind(sql);
         if kind == StatementKind::Query {
             return Err(Error::InvalidRequest(

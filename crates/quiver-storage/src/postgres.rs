@@ -26,7 +26,7 @@ use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::pool::{Lease, Pool, PoolOptions, PoolStatus};
 use crate::stream::BatchStream;
-use crate::value::Value;
+use crate::value::{Cell, Value};
 
 /// The `NOTIFY` channel every commit announces its version on.
 pub const COMMIT_CHANNEL: &str = "quiver_commits";
@@ -431,46 +431,69 @@ impl PostgresStore {
 }
 
 /// A value in `COPY … FROM STDIN` text form (`None` is NULL).
-fn copy_text(value: &Value) -> Option<String> {
-    Some(match value {
-        Value::Null => return None,
-        Value::Bool(v) => if *v { "t" } else { "f" }.to_owned(),
-        Value::Int(v) => v.to_string(),
-        Value::Float(v) if v.is_nan() => "NaN".to_owned(),
-        Value::Float(v) if v.is_infinite() => {
-            if *v > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
+fn copy_text<'a>(cell: &'a Cell<'a>) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
+    Some(match cell {
+        Cell::Null => return None,
+        Cell::Bool(v) => Cow::Borrowed(if *v { "t" } else { "f" }),
+        Cell::Int(v) => Cow::Owned(v.to_string()),
+        Cell::Float(v) if v.is_nan() => Cow::Borrowed("NaN"),
+        Cell::Float(v) if v.is_infinite() => {
+            Cow::Borrowed(if *v > 0.0 { "Infinity" } else { "-Infinity" })
         }
-        Value::Float(v) => v.to_string(),
-        Value::Text(v) | Value::Decimal(v) => v.clone(),
-        Value::Blob(v) => {
+        Cell::Float(v) => Cow::Owned(v.to_string()),
+        Cell::Text(v) => Cow::Borrowed(v),
+        Cell::Decimal(v) => Cow::Borrowed(v.as_str()),
+        Cell::Blob(v) => {
             let mut hex = String::with_capacity(2 + v.len() * 2);
             hex.push_str("\\x");
-            for byte in v {
+            for byte in v.iter() {
                 hex.push_str(&format!("{byte:02x}"));
             }
-            hex
+            Cow::Owned(hex)
         }
-        Value::Date(days) => crate::time::format_date(*days),
-        Value::Timestamp(micros) => crate::time::format_timestamp_micros(*micros),
+        Cell::Date(days) => Cow::Owned(crate::time::format_date(*days)),
+        Cell::Timestamp(micros) => Cow::Owned(crate::time::format_timestamp_micros(*micros)),
     })
+}
+
+/// `COPY` text messages of about 64 KiB each.
+#[derive(Debug, Default)]
+pub(crate) struct CopyChunks {
+    chunks: Vec<bytes::Bytes>,
+    text: String,
+}
+
+impl CopyChunks {
+    const CHUNK: usize = 64 * 1024;
+
+    /// Appends one row.
+    pub(crate) fn row(&mut self, cells: &[Cell<'_>]) {
+        let fields: Vec<Option<std::borrow::Cow<'_, str>>> = cells.iter().map(copy_text).collect();
+        crate::dialect::copy_line(&mut self.text, fields.iter().map(|f| f.as_deref()));
+        if self.text.len() >= Self::CHUNK {
+            self.chunks
+                .push(bytes::Bytes::from(std::mem::take(&mut self.text)));
+        }
+    }
+
+    /// The messages.
+    pub(crate) fn finish(mut self) -> Vec<bytes::Bytes> {
+        if !self.text.is_empty() {
+            self.chunks.push(bytes::Bytes::from(self.text));
+        }
+        self.chunks
+    }
 }
 
 /// Rows as `COPY` text messages of about 64 KiB each.
 pub(crate) fn copy_chunks(rows: &[Vec<Value>]) -> Vec<bytes::Bytes> {
-    const CHUNK: usize = 64 * 1024;
-    let mut chunks = Vec::new();
-    let mut text = String::with_capacity(CHUNK + 1024);
+    let mut chunks = CopyChunks::default();
     for row in rows {
-        let fields: Vec<Option<String>> = row.iter().map(copy_text).collect();
-        crate::dialect::copy_line(&mut text, fields.iter().map(Option::as_deref));
-        if text.len() >= CHUNK {
-            chunks.push(bytes::Bytes::from(std::mem::take(&mut text)));
-        }
+        let cells: Vec<Cell<'_>> = row.iter().map(Value::as_cell).collect();
+        chunks.row(&cells);
     }
-    if !text.is_empty() {
-        chunks.push(bytes::Bytes::from(text));
-    }
-    chunks
+    chunks.finish()
 }
 
 /// A streaming read in progress.

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
+
 use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse, now_micros};
 use crate::dialect::Dialect;
 use crate::error::Result;
@@ -143,6 +145,29 @@ impl Transaction {
         match &mut self.backend {
             Backend::Sqlite(tx) => tx.bulk_insert(&target, columns, rows).await,
             Backend::Postgres(tx) => tx.bulk_insert(&target, columns, rows).await,
+        }
+    }
+
+    /// Inserts the rows of `batch` (its columns named `columns`, in order) into
+    /// `table` by the store's bulk path, each value bound straight from its Arrow
+    /// array: one prepared statement on SQLite, `COPY` on PostgreSQL. Values the store
+    /// cannot hold as written are refused. Returns the rows written.
+    pub async fn bulk_insert_batch(
+        &mut self,
+        schema: &str,
+        table: &str,
+        columns: &[String],
+        batch: RecordBatch,
+    ) -> Result<u64> {
+        let dialect = self.dialect();
+        let target = format!(
+            "{}.{}",
+            dialect.quote_identifier(schema),
+            dialect.quote_identifier(table)
+        );
+        match &mut self.backend {
+            Backend::Sqlite(tx) => tx.bulk_insert_batch(&target, columns, batch).await,
+            Backend::Postgres(tx) => tx.bulk_insert_batch(&target, columns, &batch).await,
         }
     }
 

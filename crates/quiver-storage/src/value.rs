@@ -60,38 +60,9 @@ const MAX_DECIMAL_TEXT: usize = 1_000;
 
 impl Value {
     /// Checks that the store of `dialect` can hold this value and read it back as
-    /// written; the error says why not (without echoing more than the value's start).
+    /// written (see [`Cell::check_storable`]).
     pub fn check_storable(&self, dialect: Dialect) -> std::result::Result<(), String> {
-        match self {
-            Value::Timestamp(micros) if !dialect.timestamp_range().contains(micros) => {
-                Err(format!(
-                    "timestamp {micros} µs is outside what the store holds ({} to {} µs since 1970)",
-                    dialect.timestamp_range().start(),
-                    dialect.timestamp_range().end()
-                ))
-            }
-            Value::Date(days) if !dialect.date_range().contains(days) => Err(format!(
-                "date {days} days is outside what the store holds ({} to {} days since 1970)",
-                dialect.date_range().start(),
-                dialect.date_range().end()
-            )),
-            Value::Float(v) if dialect == Dialect::Sqlite && !v.is_finite() => Err(format!(
-                "{v} cannot be stored: SQLite keeps only finite numbers (NaN becomes NULL)"
-            )),
-            Value::Decimal(text) => {
-                if text.len() > MAX_DECIMAL_TEXT || !is_decimal_text(text) {
-                    return Err(format!("'{}' is not a decimal number", shorten(text)));
-                }
-                if dialect == Dialect::Sqlite && !text.parse::<f64>().is_ok_and(f64::is_finite) {
-                    return Err(format!(
-                        "'{}' is beyond what SQLite's numbers hold",
-                        shorten(text)
-                    ));
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+        self.as_cell().check_storable(dialect)
     }
 }
 
@@ -116,10 +87,101 @@ pub fn shorten(text: &str) -> String {
     short
 }
 
-/// Reads row `row` of `column` as a [`Value`]; `column_name` names it in errors.
-pub fn value_at(column: &ArrayRef, row: usize, column_name: &str) -> Result<Value> {
+/// One value of an Arrow column, borrowed where it can be: what bulk paths bind
+/// without copying each row into [`Value`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// UTF-8 text.
+    Text(&'a str),
+    /// Raw bytes.
+    Blob(&'a [u8]),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since 1970-01-01T00:00:00 UTC.
+    Timestamp(i64),
+    /// An exact decimal number as text.
+    Decimal(String),
+}
+
+impl Cell<'_> {
+    /// The owned value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Bool(v) => Value::Bool(*v),
+            Cell::Int(v) => Value::Int(*v),
+            Cell::Float(v) => Value::Float(*v),
+            Cell::Text(v) => Value::Text((*v).to_owned()),
+            Cell::Blob(v) => Value::Blob(v.to_vec()),
+            Cell::Date(v) => Value::Date(*v),
+            Cell::Timestamp(v) => Value::Timestamp(*v),
+            Cell::Decimal(v) => Value::Decimal(v.clone()),
+        }
+    }
+
+    /// Checks that the store of `dialect` can hold this value and read it back as
+    /// written; the error says why not (without echoing more than the value's start).
+    pub fn check_storable(&self, dialect: Dialect) -> std::result::Result<(), String> {
+        match self {
+            Cell::Timestamp(micros) if !dialect.timestamp_range().contains(micros) => Err(format!(
+                "timestamp {micros} µs is outside what the store holds ({} to {} µs since 1970)",
+                dialect.timestamp_range().start(),
+                dialect.timestamp_range().end()
+            )),
+            Cell::Date(days) if !dialect.date_range().contains(days) => Err(format!(
+                "date {days} days is outside what the store holds ({} to {} days since 1970)",
+                dialect.date_range().start(),
+                dialect.date_range().end()
+            )),
+            Cell::Float(v) if dialect == Dialect::Sqlite && !v.is_finite() => Err(format!(
+                "{v} cannot be stored: SQLite keeps only finite numbers (NaN becomes NULL)"
+            )),
+            Cell::Decimal(text) => {
+                if text.len() > MAX_DECIMAL_TEXT || !is_decimal_text(text) {
+                    return Err(format!("'{}' is not a decimal number", shorten(text)));
+                }
+                if dialect == Dialect::Sqlite && !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(format!(
+                        "'{}' is beyond what SQLite's numbers hold",
+                        shorten(text)
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Value {
+    /// The value as a [`Cell`] borrowing from it.
+    pub fn as_cell(&self) -> Cell<'_> {
+        match self {
+            Value::Null => Cell::Null,
+            Value::Bool(v) => Cell::Bool(*v),
+            Value::Int(v) => Cell::Int(*v),
+            Value::Float(v) => Cell::Float(*v),
+            Value::Text(v) => Cell::Text(v),
+            Value::Blob(v) => Cell::Blob(v),
+            Value::Date(v) => Cell::Date(*v),
+            Value::Timestamp(v) => Cell::Timestamp(*v),
+            Value::Decimal(v) => Cell::Decimal(v.clone()),
+        }
+    }
+}
+
+/// Reads row `row` of `column` as a [`Cell`]; `column_name` names it in errors.
+pub fn cell_at<'a>(column: &'a ArrayRef, row: usize, column_name: &str) -> Result<Cell<'a>> {
     if column.is_null(row) {
-        return Ok(Value::Null);
+        return Ok(Cell::Null);
     }
     let unsupported = || Error::Conversion {
         column: column_name.to_owned(),
@@ -127,35 +189,35 @@ pub fn value_at(column: &ArrayRef, row: usize, column_name: &str) -> Result<Valu
         target: "a store value".to_owned(),
     };
     Ok(match column.data_type() {
-        DataType::Boolean => Value::Bool(column.as_boolean().value(row)),
-        DataType::Int8 => Value::Int(column.as_primitive::<Int8Type>().value(row).into()),
-        DataType::Int16 => Value::Int(column.as_primitive::<Int16Type>().value(row).into()),
-        DataType::Int32 => Value::Int(column.as_primitive::<Int32Type>().value(row).into()),
-        DataType::Int64 => Value::Int(column.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt8 => Value::Int(column.as_primitive::<UInt8Type>().value(row).into()),
-        DataType::UInt16 => Value::Int(column.as_primitive::<UInt16Type>().value(row).into()),
-        DataType::UInt32 => Value::Int(column.as_primitive::<UInt32Type>().value(row).into()),
+        DataType::Boolean => Cell::Bool(column.as_boolean().value(row)),
+        DataType::Int8 => Cell::Int(column.as_primitive::<Int8Type>().value(row).into()),
+        DataType::Int16 => Cell::Int(column.as_primitive::<Int16Type>().value(row).into()),
+        DataType::Int32 => Cell::Int(column.as_primitive::<Int32Type>().value(row).into()),
+        DataType::Int64 => Cell::Int(column.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => Cell::Int(column.as_primitive::<UInt8Type>().value(row).into()),
+        DataType::UInt16 => Cell::Int(column.as_primitive::<UInt16Type>().value(row).into()),
+        DataType::UInt32 => Cell::Int(column.as_primitive::<UInt32Type>().value(row).into()),
         DataType::UInt64 => {
             let value = column.as_primitive::<UInt64Type>().value(row);
             i64::try_from(value)
-                .map(Value::Int)
-                .unwrap_or_else(|_| Value::Decimal(value.to_string()))
+                .map(Cell::Int)
+                .unwrap_or_else(|_| Cell::Decimal(value.to_string()))
         }
-        DataType::Float16 => Value::Float(column.as_primitive::<Float16Type>().value(row).to_f64()),
-        DataType::Float32 => Value::Float(column.as_primitive::<Float32Type>().value(row).into()),
-        DataType::Float64 => Value::Float(column.as_primitive::<Float64Type>().value(row)),
-        DataType::Utf8 => Value::Text(column.as_string::<i32>().value(row).to_owned()),
-        DataType::LargeUtf8 => Value::Text(column.as_string::<i64>().value(row).to_owned()),
-        DataType::Utf8View => Value::Text(column.as_string_view().value(row).to_owned()),
-        DataType::Binary => Value::Blob(column.as_binary::<i32>().value(row).to_vec()),
-        DataType::LargeBinary => Value::Blob(column.as_binary::<i64>().value(row).to_vec()),
-        DataType::BinaryView => Value::Blob(column.as_binary_view().value(row).to_vec()),
-        DataType::Date32 => Value::Date(column.as_primitive::<Date32Type>().value(row)),
+        DataType::Float16 => Cell::Float(column.as_primitive::<Float16Type>().value(row).to_f64()),
+        DataType::Float32 => Cell::Float(column.as_primitive::<Float32Type>().value(row).into()),
+        DataType::Float64 => Cell::Float(column.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => Cell::Text(column.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => Cell::Text(column.as_string::<i64>().value(row)),
+        DataType::Utf8View => Cell::Text(column.as_string_view().value(row)),
+        DataType::Binary => Cell::Blob(column.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => Cell::Blob(column.as_binary::<i64>().value(row)),
+        DataType::BinaryView => Cell::Blob(column.as_binary_view().value(row)),
+        DataType::Date32 => Cell::Date(column.as_primitive::<Date32Type>().value(row)),
         DataType::Date64 => {
             let millis = column.as_primitive::<Date64Type>().value(row);
-            Value::Date(i32::try_from(millis.div_euclid(86_400_000)).map_err(|_| unsupported())?)
+            Cell::Date(i32::try_from(millis.div_euclid(86_400_000)).map_err(|_| unsupported())?)
         }
-        DataType::Timestamp(unit, _) => Value::Timestamp(match unit {
+        DataType::Timestamp(unit, _) => Cell::Timestamp(match unit {
             TimeUnit::Second => column
                 .as_primitive::<TimestampSecondType>()
                 .value(row)
@@ -172,12 +234,17 @@ pub fn value_at(column: &ArrayRef, row: usize, column_name: &str) -> Result<Valu
                 .value(row)
                 .div_euclid(1_000),
         }),
-        DataType::Decimal128(_, scale) => Value::Decimal(format_decimal(
+        DataType::Decimal128(_, scale) => Cell::Decimal(format_decimal(
             column.as_primitive::<Decimal128Type>().value(row),
             *scale,
         )),
         _ => return Err(unsupported()),
     })
+}
+
+/// Reads row `row` of `column` as a [`Value`]; `column_name` names it in errors.
+pub fn value_at(column: &ArrayRef, row: usize, column_name: &str) -> Result<Value> {
+    cell_at(column, row, column_name).map(|cell| cell.to_value())
 }
 
 /// Every row of `batch` as values, in column order.

@@ -146,7 +146,18 @@ impl Hub {
     }
 
     /// Reads and broadcasts every commit after `cursor`.
+    ///
+    /// With no subscriber the log is not read at all, only its latest version: a
+    /// subscriber that joins later reads what it needs from the log itself (it sees
+    /// the gap), so nothing is lost, and a large commit costs no memory while nobody
+    /// follows it.
     async fn read_new(&self, cursor: &mut u64) -> Result<()> {
+        if self.pages.receiver_count() == 0 {
+            let latest = self.engine.store().latest_version().await?;
+            *cursor = (*cursor).max(latest);
+            self.latest.fetch_max(latest, Ordering::AcqRel);
+            return Ok(());
+        }
         loop {
             let changes = self
                 .engine

@@ -57,12 +57,18 @@ fn keyword(token: Option<&Token>) -> Keyword {
         .map_or(Keyword::NoKeyword, |w| w.keyword)
 }
 
-/// Checks a client statement before it runs on the store of `dialect`.
-pub fn check_client_statement(sql: &str, dialect: Dialect) -> Result<()> {
-    let Some(tokens) = tokens(sql) else {
-        return Ok(());
-    };
-    for token in &tokens {
+/// Checks a client's query before it is planned: it may not name Quiver's own
+/// objects (the catalog hides them; this says why they cannot be reached).
+pub fn check_query(sql: &str) -> Result<()> {
+    match tokens(sql) {
+        Some(tokens) => check_names(&tokens),
+        None => Ok(()),
+    }
+}
+
+/// Refuses any name or string that names one of Quiver's own objects.
+fn check_names(tokens: &[Token]) -> Result<()> {
+    for token in tokens {
         let text = match token {
             Token::Word(word) => Some(word.value.as_str()),
             Token::SingleQuotedString(text)
@@ -85,6 +91,15 @@ pub fn check_client_statement(sql: &str, dialect: Dialect) -> Result<()> {
             )));
         }
     }
+    Ok(())
+}
+
+/// Checks a client statement before it runs on the store of `dialect`.
+pub fn check_client_statement(sql: &str, dialect: Dialect) -> Result<()> {
+    let Some(tokens) = tokens(sql) else {
+        return Ok(());
+    };
+    check_names(&tokens)?;
     let first = keyword(tokens.first());
     let temporary = tokens
         .iter()

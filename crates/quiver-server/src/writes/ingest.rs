@@ -17,7 +17,7 @@ use super::{Finish, Writer};
 use crate::connection::ConnectionId;
 use crate::error::{Error, Result};
 
-/// Rows converted and written at a time.
+/// Rows written at a time (bounds the store's buffers, such as a `COPY` message set).
 const INGEST_SLICE_ROWS: usize = 8_192;
 
 impl Writer {
@@ -136,8 +136,9 @@ impl Writer {
                 let mut offset = 0;
                 while offset < batch.num_rows() {
                     let length = INGEST_SLICE_ROWS.min(batch.num_rows() - offset);
-                    let rows = quiver_storage::value::rows_of_batch(&batch.slice(offset, length))?;
-                    written += tx.bulk_insert(&schema_name, &table, &columns, rows).await?;
+                    written += tx
+                        .bulk_insert_batch(&schema_name, &table, &columns, batch.slice(offset, length))
+                        .await?;
                     offset += length;
                 }
             }

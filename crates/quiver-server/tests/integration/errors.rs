@@ -90,13 +90,21 @@ async fn bad_statements_are_refused_and_change_nothing() {
         status.message()
     );
     // DDL and DML run on the store; what the store refuses changes nothing.
-    for (sql, says) in [
-        ("CREATE TABLE tasks (x INT)", "already exists"),
-        ("DELETE FROM no_such_table", "no_such_table"),
-        ("UPDATE tasks SET no_such_column = 1", "no_such_column"),
+    for (sql, code, says) in [
+        (
+            "CREATE TABLE tasks (x INT)",
+            Code::InvalidArgument,
+            "already exists",
+        ),
+        ("DELETE FROM no_such_table", Code::NotFound, "no_such_table"),
+        (
+            "UPDATE tasks SET no_such_column = 1",
+            Code::InvalidArgument,
+            "no_such_column",
+        ),
     ] {
         let status = status_of(client.execute(sql.to_owned(), None).await.unwrap_err());
-        assert_eq!(status.code(), Code::InvalidArgument, "{sql}: {status:?}");
+        assert_eq!(status.code(), code, "{sql}: {status:?}");
         assert!(
             status.message().contains(says),
             "{sql}: {}",

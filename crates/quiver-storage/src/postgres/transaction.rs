@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arrow::array::RecordBatch;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{COMMIT_CHANNEL, PgManager, PostgresStore};
@@ -16,7 +17,7 @@ use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse};
 use crate::dialect::Dialect;
 use crate::error::{Error, Result};
 use crate::pool::Lease;
-use crate::value::Value;
+use crate::value::{Value, cell_at};
 
 /// An open PostgreSQL write transaction; its connection is retired when it is dropped
 /// unfinished (it must never be handed out inside a transaction).
@@ -151,6 +152,41 @@ impl PostgresTransaction {
         let chunks = super::copy_chunks(&rows);
         let watch = self.watch()?;
         let written = PostgresStore::copy_in(self.lease.client(), &statement, chunks).await?;
+        watch.done();
+        Ok(written)
+    }
+
+    /// Inserts the rows of `batch` into `target` (quoted, qualified) with `COPY`,
+    /// encoding each value straight from its Arrow array.
+    pub(crate) async fn bulk_insert_batch(
+        &mut self,
+        target: &str,
+        columns: &[String],
+        batch: &RecordBatch,
+    ) -> Result<u64> {
+        let names: Vec<String> = columns
+            .iter()
+            .map(|c| Dialect::Postgres.quote_identifier(c))
+            .collect();
+        let statement = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
+        let schema = batch.schema();
+        let mut chunks = super::CopyChunks::default();
+        let mut cells = Vec::with_capacity(batch.num_columns());
+        for row in 0..batch.num_rows() {
+            cells.clear();
+            for (index, column) in batch.columns().iter().enumerate() {
+                let name = schema.field(index).name();
+                let cell = cell_at(column, row, name)?;
+                cell.check_storable(Dialect::Postgres).map_err(|problem| {
+                    Error::Value(format!("row {}, column '{name}': {problem}", row + 1))
+                })?;
+                cells.push(cell);
+            }
+            chunks.row(&cells);
+        }
+        let watch = self.watch()?;
+        let written =
+            PostgresStore::copy_in(self.lease.client(), &statement, chunks.finish()).await?;
         watch.done();
         Ok(written)
     }

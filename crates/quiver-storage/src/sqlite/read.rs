@@ -13,24 +13,36 @@ use rusqlite::{Connection, ToSql};
 
 use crate::error::{Error, Result};
 use crate::time;
-use crate::value::Value;
+use crate::value::{Cell as ValueCell, Value};
 
 impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, Value as Owned, ValueRef as Borrowed};
-        Ok(match self {
-            Value::Null => ToSqlOutput::Borrowed(Borrowed::Null),
-            Value::Bool(v) => ToSqlOutput::Owned(Owned::Integer(i64::from(*v))),
-            Value::Int(v) => ToSqlOutput::Owned(Owned::Integer(*v)),
-            Value::Float(v) => ToSqlOutput::Owned(Owned::Real(*v)),
-            Value::Text(v) => ToSqlOutput::Borrowed(Borrowed::Text(v.as_bytes())),
-            Value::Blob(v) => ToSqlOutput::Borrowed(Borrowed::Blob(v)),
-            Value::Date(days) => ToSqlOutput::Owned(Owned::Text(time::format_date(*days))),
-            Value::Timestamp(micros) => {
-                ToSqlOutput::Owned(Owned::Text(time::format_timestamp_micros(*micros)))
-            }
-            Value::Decimal(v) => ToSqlOutput::Borrowed(Borrowed::Text(v.as_bytes())),
-        })
+        Ok(sql_output(self.as_cell()))
+    }
+}
+
+impl ToSql for ValueCell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(sql_output(self.clone()))
+    }
+}
+
+/// A value as SQLite stores it: dates and timestamps as the ISO-8601 text its date
+/// functions read, decimals as text its NUMERIC affinity converts.
+fn sql_output(cell: ValueCell<'_>) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::{ToSqlOutput, Value as Owned, ValueRef as Borrowed};
+    match cell {
+        ValueCell::Null => ToSqlOutput::Borrowed(Borrowed::Null),
+        ValueCell::Bool(v) => ToSqlOutput::Owned(Owned::Integer(i64::from(v))),
+        ValueCell::Int(v) => ToSqlOutput::Owned(Owned::Integer(v)),
+        ValueCell::Float(v) => ToSqlOutput::Owned(Owned::Real(v)),
+        ValueCell::Text(v) => ToSqlOutput::Borrowed(Borrowed::Text(v.as_bytes())),
+        ValueCell::Blob(v) => ToSqlOutput::Borrowed(Borrowed::Blob(v)),
+        ValueCell::Date(days) => ToSqlOutput::Owned(Owned::Text(time::format_date(days))),
+        ValueCell::Timestamp(micros) => {
+            ToSqlOutput::Owned(Owned::Text(time::format_timestamp_micros(micros)))
+        }
+        ValueCell::Decimal(v) => ToSqlOutput::Owned(Owned::Text(v)),
     }
 }
 

@@ -5,6 +5,7 @@
 //! open transaction writes and whether capture is on; the `TEMP` capture triggers
 //! read it (see [`crate::capture`]).
 
+use arrow::array::RecordBatch;
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use tokio::sync::OwnedMutexGuard;
@@ -15,7 +16,7 @@ use crate::capture;
 use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse};
 use crate::dialect::Dialect;
 use crate::error::{Error, Result};
-use crate::value::Value;
+use crate::value::{Value, cell_at};
 
 /// An open SQLite write transaction; rolled back when dropped unfinished.
 pub(crate) struct SqliteTransaction {
@@ -115,18 +116,38 @@ impl SqliteTransaction {
         columns: &[String],
         rows: Vec<Vec<Value>>,
     ) -> Result<u64> {
-        let names: Vec<String> = columns
-            .iter()
-            .map(|c| Dialect::Sqlite.quote_identifier(c))
-            .collect();
-        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "INSERT INTO {target} ({}) VALUES ({})",
-            names.join(", "),
-            placeholders.join(", ")
-        );
+        let sql = insert_sql(target, columns);
         let (changed, _) = self.run_many(&sql, rows).await?;
         Ok(changed)
+    }
+
+    /// Inserts the rows of `batch` into `target` (quoted, qualified), binding each value
+    /// straight from its Arrow array.
+    pub(crate) async fn bulk_insert_batch(
+        &mut self,
+        target: &str,
+        columns: &[String],
+        batch: RecordBatch,
+    ) -> Result<u64> {
+        let sql = insert_sql(target, columns);
+        self.run(Trusted::No, move |conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let schema = batch.schema();
+            let mut written = 0u64;
+            for row in 0..batch.num_rows() {
+                for (index, column) in batch.columns().iter().enumerate() {
+                    let name = schema.field(index).name();
+                    let cell = cell_at(column, row, name)?;
+                    cell.check_storable(Dialect::Sqlite).map_err(|problem| {
+                        Error::Value(format!("row {}, column '{name}': {problem}", row + 1))
+                    })?;
+                    statement.raw_bind_parameter(index + 1, &cell)?;
+                }
+                written += statement.raw_execute()? as u64;
+            }
+            Ok(written)
+        })
+        .await
     }
 
     /// The stored answer for `key`, if an earlier request with it committed.
@@ -239,6 +260,20 @@ impl Drop for SqliteTransaction {
             Err(_) => rollback(),
         }
     }
+}
+
+/// `INSERT INTO target (columns) VALUES (?1, …)`.
+fn insert_sql(target: &str, columns: &[String]) -> String {
+    let names: Vec<String> = columns
+        .iter()
+        .map(|c| Dialect::Sqlite.quote_identifier(c))
+        .collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO {target} ({}) VALUES ({})",
+        names.join(", "),
+        placeholders.join(", ")
+    )
 }
 
 /// Whose statements a call runs.
