@@ -319,4 +319,21 @@ mod tests {
         assert!(err.contains("max_expression_depth"), "{err}");
         assert!(err.starts_with("the filter nests"), "{err}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any text gets a depth, never a panic; a chain of n operators is at
+            /// least n deep.
+            #[test]
+            fn any_text_gets_a_depth(text in ".{0,300}", n in 1usize..300) {
+                let _ = expression_depth(&text);
+                let chain = vec!["x"; n + 1].join(" OR ");
+                prop_assert!(expression_depth(&chain) >= n);
+            }
+        }
+    }
 }

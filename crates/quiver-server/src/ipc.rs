@@ -70,6 +70,7 @@ pub fn check_stream(bytes: &[u8]) -> Result<(), String> {
                 input.len()
             ));
         }
+        check_message(metadata, body)?;
         take(&mut input, body).ok_or("a truncated body")?;
         messages += 1;
         if messages > MAX_MESSAGES {
@@ -79,9 +80,82 @@ pub fn check_stream(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks one IPC message — its metadata `metadata` and a body of `body` bytes —
+/// before Arrow reads it: every buffer lies inside the body, every count is
+/// non-negative, and nothing is compressed. Arrow slices the body by these offsets
+/// and would panic on one beyond it.
+pub fn check_message(metadata: &[u8], body: usize) -> Result<(), String> {
+    let message = arrow::ipc::root_as_message(metadata)
+        .map_err(|err| format!("a message that is not Arrow IPC metadata ({err})"))?;
+    let batch = match (
+        message.header_as_record_batch(),
+        message.header_as_dictionary_batch(),
+    ) {
+        (Some(batch), _) => Some(batch),
+        (None, Some(dictionary)) => {
+            Some(dictionary.data().ok_or("a dictionary batch without data")?)
+        }
+        (None, None) => None,
+    };
+    let Some(batch) = batch else {
+        return Ok(());
+    };
+    if batch.length() < 0 {
+        return Err(format!("a batch of {} rows", batch.length()));
+    }
+    if batch.compression().is_some() {
+        return Err("compressed batches are not accepted".to_owned());
+    }
+    for node in batch.nodes().into_iter().flatten() {
+        if node.length() < 0 || node.null_count() < 0 || node.null_count() > node.length() {
+            return Err(format!(
+                "a column of {} values with {} nulls",
+                node.length(),
+                node.null_count()
+            ));
+        }
+    }
+    for buffer in batch.buffers().into_iter().flatten() {
+        let end = buffer
+            .offset()
+            .checked_add(buffer.length())
+            .and_then(|end| usize::try_from(end).ok());
+        let fits = buffer.offset() >= 0 && buffer.length() >= 0 && end.is_some_and(|e| e <= body);
+        if !fits {
+            return Err(format!(
+                "a buffer at {} of {} bytes outside a body of {body} bytes",
+                buffer.offset(),
+                buffer.length()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs Arrow's decoding of client bytes, turning a panic inside it (a case the
+/// checks above missed) into the client's error instead of a failed request task.
+pub fn guarded<T>(what: &str, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(Error::InvalidRequest(format!(
+            "{what} is not valid Arrow IPC data"
+        )))
+    })
+}
+
 /// The schema and batches of the IPC stream `bytes` (`what` names it in messages),
 /// refusing more than `max_rows` rows in all before converting a batch further.
 pub fn read_stream(
+    bytes: &[u8],
+    what: &str,
+    max_rows: usize,
+    limit_name: &str,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    guarded(what, || {
+        read_checked_stream(bytes, what, max_rows, limit_name)
+    })
+}
+
+fn read_checked_stream(
     bytes: &[u8],
     what: &str,
     max_rows: usize,
@@ -168,6 +242,38 @@ mod tests {
                     || read_stream(&bytes[..cut], "rows", 1000, "m").is_err(),
                 "cut at {cut}"
             );
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Arbitrary bytes are checked or refused, never read past their end.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = read_stream(&bytes, "rows", 1_000, "limit");
+            }
+
+            /// A real stream with bytes overwritten (declared lengths and counts
+            /// included) is read or refused, never a panic or an allocation its bytes
+            /// do not hold.
+            #[test]
+            fn mutated_streams_never_panic(
+                rows in 0usize..50,
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            ) {
+                let mut bytes = stream(rows);
+                for (index, value) in flips {
+                    let at = index.index(bytes.len());
+                    bytes[at] = value;
+                }
+                let _ = read_stream(&bytes, "rows", 1_000, "limit");
+            }
         }
     }
 }

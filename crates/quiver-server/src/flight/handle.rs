@@ -171,13 +171,16 @@ impl StatementHandle {
         } else {
             crate::ipc::check_stream(params_bytes)
                 .map_err(|problem| Error::InvalidHandle(format!("parameters: {problem}")))?;
-            let reader = StreamReader::try_new(Cursor::new(params_bytes), None)
-                .map_err(|err| Error::InvalidHandle(format!("parameters: {err}")))?;
-            let schema = reader.schema();
-            let batches = reader
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|err| Error::InvalidHandle(format!("parameters: {err}")))?;
-            Some(arrow::compute::concat_batches(&schema, &batches)?)
+            let read = crate::ipc::guarded("the parameters", || {
+                let reader = StreamReader::try_new(Cursor::new(params_bytes), None)
+                    .map_err(|err| Error::InvalidHandle(format!("parameters: {err}")))?;
+                let schema = reader.schema();
+                let batches = reader
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|err| Error::InvalidHandle(format!("parameters: {err}")))?;
+                Ok(arrow::compute::concat_batches(&schema, &batches)?)
+            });
+            Some(read.map_err(|err| Error::InvalidHandle(err.to_string()))?)
         };
         Ok(Self {
             sql,
@@ -241,5 +244,73 @@ mod tests {
             );
         }
         assert!(StatementHandle::decode(b"uuid_handle").is_err());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any bytes decode to a handle or an INVALID_ARGUMENT, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = StatementHandle::decode(&bytes);
+            }
+
+            /// Any handle round-trips; any single flipped byte of it is refused.
+            #[test]
+            fn handles_round_trip_and_detect_corruption(
+                sql in ".{0,200}",
+                transaction in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..40)),
+                query_id in proptest::option::of(any::<[u8; 16]>()),
+                flip in any::<prop::sample::Index>(),
+            ) {
+                let handle = StatementHandle {
+                    sql,
+                    params: None,
+                    transaction_id: transaction.map(Bytes::from),
+                    query_id,
+                };
+                let bytes = handle.encode().unwrap();
+                prop_assert_eq!(StatementHandle::decode(&bytes).unwrap(), handle);
+                let mut corrupted = bytes.to_vec();
+                let at = flip.index(corrupted.len());
+                corrupted[at] ^= 0x01;
+                prop_assert!(StatementHandle::decode(&corrupted).is_err());
+            }
+
+            /// A handle whose parameters are a mutated IPC stream, checksum fixed up as
+            /// a forger would: decoded or refused, never a panic or a huge allocation.
+            #[test]
+            fn forged_parameters_never_panic(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            ) {
+                let mut params = Vec::new();
+                {
+                    let batch = with_params().params.unwrap();
+                    let mut writer = StreamWriter::try_new(&mut params, &batch.schema()).unwrap();
+                    writer.write(&batch).unwrap();
+                    writer.finish().unwrap();
+                }
+                for (index, value) in flips {
+                    let at = index.index(params.len());
+                    params[at] = value;
+                }
+                let mut out = Vec::new();
+                out.extend_from_slice(MAGIC);
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(b"SELECT 1");
+                out.extend_from_slice(&(params.len() as u32).to_le_bytes());
+                out.extend_from_slice(&params);
+                out.extend_from_slice(&0u32.to_le_bytes());
+                out.extend_from_slice(&0u32.to_le_bytes());
+                let checksum = fnv1a(&out);
+                out.extend_from_slice(&checksum.to_le_bytes());
+                let _ = StatementHandle::decode(&out);
+            }
+        }
     }
 }

@@ -204,11 +204,24 @@ fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
 
 /// The Arrow batches of a DoPut stream, decoded one message at a time; messages with
 /// no Arrow header (the descriptor alone) are skipped.
+///
+/// Each message's metadata is checked against its body before Arrow decodes it.
 fn put_batches(request: Request<PeekableFlightDataStream>) -> FlightRecordBatchStream {
     let messages = request
         .into_inner()
         .try_filter(|message| std::future::ready(!message.data_header.is_empty()))
-        .map_err(FlightError::from);
+        .map_err(FlightError::from)
+        .and_then(|message| {
+            let checked = crate::ipc::check_message(&message.data_header, message.data_body.len())
+                .map(|()| message)
+                .map_err(|problem| {
+                    FlightError::Tonic(Box::new(crate::error::status(
+                        tonic::Code::InvalidArgument,
+                        format!("an Arrow message that cannot be read: {problem}"),
+                    )))
+                });
+            std::future::ready(checked)
+        });
     FlightRecordBatchStream::new_from_flight_data(messages)
 }
 

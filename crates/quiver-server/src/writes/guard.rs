@@ -200,6 +200,24 @@ fn check_postgres(tokens: &[Token]) -> Result<()> {
             )));
         }
     }
+    // The system catalogs (`pg_catalog.pg_trigger`, `pg_temp.x`, …): a superuser's
+    // connection could change them, or shadow the user's tables for every later user
+    // of the pooled connection.
+    for token in tokens {
+        if let Token::Word(word) = token {
+            let name = word.value.to_ascii_lowercase();
+            if (name.starts_with("pg_") || name == "information_schema")
+                && !tokens.windows(2).any(|pair| {
+                    matches!((&pair[0], &pair[1]), (Token::Word(w), Token::LParen) if w.value == word.value)
+                })
+            {
+                return Err(refuse(format!(
+                    "statements may not name PostgreSQL's system objects ('{}')",
+                    shorten(&word.value)
+                )));
+            }
+        }
+    }
     // Function calls: a name followed by `(`.
     for pair in tokens.windows(2) {
         let (Some(name), Token::LParen) = (word(&pair[0]), &pair[1]) else {
@@ -304,6 +322,9 @@ mod tests {
             "UPDATE t SET x = setval('s', 1)",
             "ALTER TABLE tasks OWNER TO nobody",
             "CREATE EXTENSION dblink",
+            "UPDATE pg_catalog.pg_trigger SET tgenabled = 'D'",
+            "UPDATE pg_trigger SET tgenabled = 'D'",
+            "CREATE TABLE pg_temp.tasks (id INT)",
         ] {
             assert!(refused(sql, Dialect::Postgres), "{sql}");
         }
