@@ -1,9 +1,9 @@
 //! Facts about each backend's SQL that every other module may need: quoting,
-//! placeholders, default schemas, the names Quiver reserves, and the `COPY` text
-//! encoding. A leaf: it imports nothing but the catalog and value types.
+//! placeholders, default schemas, the ranges of values each holds, the names Quiver
+//! reserves, and the `COPY` text encoding. A leaf: it imports nothing but the catalog
+//! types. (Placeholders typed by a bound value are in [`crate::value`].)
 
 use crate::catalog::ColumnInfo;
-use crate::value::Value;
 
 /// The only schema of a SQLite database as Quiver exposes it.
 pub const SQLITE_SCHEMA: &str = "main";
@@ -71,14 +71,6 @@ impl Dialect {
         }
     }
 
-    /// The placeholder for the one-based parameter `index`, bound to `value`.
-    pub fn placeholder(self, index: usize, value: &Value) -> String {
-        match self {
-            Dialect::Sqlite => format!("?{index}"),
-            Dialect::Postgres => format!("${index}::{}", placeholder_cast(value)),
-        }
-    }
-
     /// Whether text comparisons (`<`, `BETWEEN`, …) must name the byte-order collation
     /// to order like Arrow does.
     pub fn text_order_collation(self) -> Option<&'static str> {
@@ -125,21 +117,6 @@ impl Dialect {
     }
 }
 
-/// The PostgreSQL type a placeholder for `value` is cast to, so that PostgreSQL infers
-/// the parameter's type from the value rather than from context.
-pub fn placeholder_cast(value: &Value) -> &'static str {
-    match value {
-        Value::Null | Value::Text(_) => "text",
-        Value::Bool(_) => "boolean",
-        Value::Int(_) => "int8",
-        Value::Float(_) => "float8",
-        Value::Blob(_) => "bytea",
-        Value::Date(_) => "date",
-        Value::Timestamp(_) => "timestamp",
-        Value::Decimal(_) => "numeric",
-    }
-}
-
 /// Appends one line of PostgreSQL `COPY … (FORMAT text)` data: tab-separated fields,
 /// `\N` for NULL, and the format's backslash escapes.
 pub fn copy_line<'a>(out: &mut String, fields: impl IntoIterator<Item = Option<&'a str>>) {
@@ -169,14 +146,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_follow_the_dialect() {
-        assert_eq!(Dialect::Sqlite.placeholder(3, &Value::Int(1)), "?3");
-        assert_eq!(Dialect::Postgres.placeholder(2, &Value::Int(1)), "$2::int8");
-        assert_eq!(
-            Dialect::Postgres.placeholder(1, &Value::Text("a".into())),
-            "$1::text"
-        );
+    fn parameters_and_quoting_follow_the_dialect() {
         assert_eq!(Dialect::Postgres.parameter(4), "$4");
+        assert_eq!(Dialect::Sqlite.parameter(4), "?4");
         assert_eq!(Dialect::Sqlite.quote_identifier("a\"b"), "\"a\"\"b\"");
     }
 

@@ -125,11 +125,24 @@ fn postgres_message(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A value that cannot be bound to a parameter of the type PostgreSQL asked for: the
+/// caller's error, recognised as such when it comes back inside the driver's error.
+#[derive(Debug)]
+pub(crate) struct BindError(pub(crate) String);
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BindError {}
+
 /// The caller's value behind a driver error, when binding it failed.
-fn bind_error_of(err: &tokio_postgres::Error) -> Option<&crate::postgres::read::BindError> {
+fn bind_error_of(err: &tokio_postgres::Error) -> Option<&BindError> {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
-        if let Some(bind) = cause.downcast_ref::<crate::postgres::read::BindError>() {
+        if let Some(bind) = cause.downcast_ref::<BindError>() {
             return Some(bind);
         }
         source = cause.source();

@@ -55,6 +55,31 @@ impl fmt::Display for Value {
     }
 }
 
+impl Dialect {
+    /// The placeholder for the one-based parameter `index`, bound to `value`.
+    pub fn placeholder(self, index: usize, value: &Value) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{index}"),
+            Dialect::Postgres => format!("${index}::{}", placeholder_cast(value)),
+        }
+    }
+}
+
+/// The PostgreSQL type a placeholder for `value` is cast to, so that PostgreSQL infers
+/// the parameter's type from the value rather than from context.
+pub fn placeholder_cast(value: &Value) -> &'static str {
+    match value {
+        Value::Null | Value::Text(_) => "text",
+        Value::Bool(_) => "boolean",
+        Value::Int(_) => "int8",
+        Value::Float(_) => "float8",
+        Value::Blob(_) => "bytea",
+        Value::Date(_) => "date",
+        Value::Timestamp(_) => "timestamp",
+        Value::Decimal(_) => "numeric",
+    }
+}
+
 /// Most characters of decimal text (far beyond any store's precision).
 const MAX_DECIMAL_TEXT: usize = 1_000;
 
@@ -282,6 +307,16 @@ pub fn format_decimal(value: i128, scale: i8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        assert_eq!(Dialect::Sqlite.placeholder(3, &Value::Int(1)), "?3");
+        assert_eq!(Dialect::Postgres.placeholder(2, &Value::Int(1)), "$2::int8");
+        assert_eq!(
+            Dialect::Postgres.placeholder(1, &Value::Text("a".into())),
+            "$1::text"
+        );
+    }
 
     #[test]
     fn decimals_format_at_their_scale() {

@@ -15,6 +15,7 @@ use arrow::datatypes::{DataType, FieldRef, IntervalMonthDayNano, IntervalUnit, T
 use bytes::BufMut;
 use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 
+use crate::error::BindError;
 use crate::value::Value;
 
 /// Days from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).
@@ -378,19 +379,6 @@ fn append_array(raw: &[u8], item: &mut Decoder) -> Result<usize, String> {
 }
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
-
-/// A value that cannot be bound to a parameter of the type PostgreSQL asked for: the
-/// caller's error, recognised as such when it comes back inside the driver's error.
-#[derive(Debug)]
-pub(crate) struct BindError(pub(crate) String);
-
-impl std::fmt::Display for BindError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BindError {}
 
 fn bind_error(message: impl Into<String>) -> BoxError {
     Box::new(BindError(message.into()))
