@@ -144,11 +144,7 @@ impl PostgresTransaction {
         columns: &[String],
         rows: Vec<Vec<Value>>,
     ) -> Result<u64> {
-        let names: Vec<String> = columns
-            .iter()
-            .map(|c| Dialect::Postgres.quote_identifier(c))
-            .collect();
-        let statement = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
+        let statement = copy_statement(target, columns);
         let chunks = super::copy_chunks(&rows);
         let watch = self.watch()?;
         let written = PostgresStore::copy_in(self.lease.client(), &statement, chunks).await?;
@@ -164,11 +160,7 @@ impl PostgresTransaction {
         columns: &[String],
         batch: &RecordBatch,
     ) -> Result<u64> {
-        let names: Vec<String> = columns
-            .iter()
-            .map(|c| Dialect::Postgres.quote_identifier(c))
-            .collect();
-        let statement = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
+        let statement = copy_statement(target, columns);
         let schema = batch.schema();
         let mut chunks = super::CopyChunks::default();
         let mut cells = Vec::with_capacity(batch.num_columns());
@@ -304,6 +296,15 @@ impl Drop for PostgresTransaction {
             self.lease.retire = true;
         }
     }
+}
+
+/// `COPY target (columns) FROM STDIN`.
+fn copy_statement(target: &str, columns: &[String]) -> String {
+    let names: Vec<String> = columns
+        .iter()
+        .map(|c| Dialect::Postgres.quote_identifier(c))
+        .collect();
+    format!("COPY {target} ({}) FROM STDIN", names.join(", "))
 }
 
 /// A table known only by name and primary key (enough for capture triggers).
