@@ -14,7 +14,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use quiver_storage::{Catalog, Store, TableInfo, TableKind};
 use tracing::Instrument;
@@ -24,7 +24,7 @@ use crate::executor::{Executor, ExecutorConfig, QueryControl, YieldEverywhere};
 use crate::limits::StatementLimits;
 use crate::normalize::{client_schema, to_client_batch};
 use crate::params::{Parameter, coerce_values, number_placeholders};
-use crate::provider::StoreTable;
+use crate::provider::{ReadThrough, ReadsThrough, StoreTable};
 
 /// The catalog name the store's schemas appear under.
 pub const CATALOG_NAME: &str = "quiver";
@@ -272,6 +272,19 @@ impl QueryEngine {
         params: Vec<ScalarValue>,
         control: QueryControl,
     ) -> Result<SendableRecordBatchStream> {
+        self.execute_through(query, params, control, None).await
+    }
+
+    /// Runs `query` as [`QueryEngine::execute_with`] does; with `through`, its tables
+    /// are read through it (a transaction's own connection, so the query sees the
+    /// transaction's writes) one scan at a time, instead of from the pool.
+    pub async fn execute_through(
+        &self,
+        query: &PreparedQuery,
+        params: Vec<ScalarValue>,
+        control: QueryControl,
+        through: Option<Arc<dyn ReadThrough>>,
+    ) -> Result<SendableRecordBatchStream> {
         let plan = if query.parameters.is_empty() && params.is_empty() {
             query.plan.clone()
         } else {
@@ -282,16 +295,24 @@ impl QueryEngine {
                 .with_param_values(ParamValues::from(values))?
         };
         let permit = self.executor.admit().await?;
-        let ctx = self.ctx.clone();
+        let announced = query.schema();
+        let mut state = self.ctx.state();
+        if let Some(through) = through {
+            // One connection serves the whole query: scans are not split.
+            state
+                .config_mut()
+                .set_extension(Arc::new(ReadsThrough(through)));
+            state.config_mut().options_mut().execution.target_partitions = 1;
+        }
         let start = async move {
-            let frame = ctx.execute_logical_plan(plan).await?;
+            let frame = DataFrame::new(state, plan);
             let task = Arc::new(frame.task_ctx());
             let physical = frame
                 .create_physical_plan()
                 .instrument(tracing::debug_span!("query.physical_plan"))
                 .await?;
             let stream = datafusion::physical_plan::execute_stream(physical, task)?;
-            Ok(to_client_stream(stream))
+            Ok(as_schema(stream, announced))
         };
         self.executor
             .run(permit, control, start)
@@ -374,6 +395,16 @@ fn to_client_stream(stream: SendableRecordBatchStream) -> SendableRecordBatchStr
     let Some(schema) = client_schema(&stream.schema()) else {
         return stream;
     };
+    as_schema(stream, schema)
+}
+
+/// `stream` sent as `schema`: the same columns, cast where a type differs, and each
+/// field's nullability as `schema` says (what a client was told when the query was
+/// planned; drivers refuse batches that disagree with it).
+fn as_schema(stream: SendableRecordBatchStream, schema: SchemaRef) -> SendableRecordBatchStream {
+    if stream.schema() == schema {
+        return stream;
+    }
     let target = Arc::clone(&schema);
     let converted = stream.map(move |batch| batch.and_then(|b| to_client_batch(&b, &target)));
     Box::pin(RecordBatchStreamAdapter::new(schema, converted))

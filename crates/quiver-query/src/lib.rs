@@ -29,3 +29,4 @@ pub use error::{Error, Result};
 pub use executor::{ExecutorConfig, QueryControl};
 pub use limits::StatementLimits;
 pub use params::Parameter;
+pub use provider::ReadThrough;

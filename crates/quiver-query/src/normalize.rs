@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::error::Result;
@@ -52,8 +52,16 @@ pub fn client_schema(schema: &Schema) -> Option<SchemaRef> {
     })
 }
 
-/// Casts `batch` to `schema` (produced by [`client_schema`] from the batch's schema).
+/// Casts `batch` to `schema`: the same columns, with client types (see
+/// [`client_schema`]) and the nullability the client was told.
 pub fn to_client_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.num_columns() != schema.fields().len() {
+        return Err(datafusion::error::DataFusionError::Internal(format!(
+            "a result batch has {} columns where {} were announced",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
     let columns = batch
         .columns()
         .iter()
@@ -66,7 +74,12 @@ pub fn to_client_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<Record
             }
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
@@ -24,6 +25,22 @@ use futures::{StreamExt, TryStreamExt};
 use quiver_storage::{Store, TableInfo, TableKind, Value};
 
 use crate::pushdown::{FilterRenderer, classify};
+
+/// Reads a query's tables instead of the store's pool: a Flight SQL transaction's own
+/// connection, so a query inside the transaction sees its uncommitted writes.
+pub trait ReadThrough: Send + Sync + fmt::Debug {
+    /// The whole result of `sql` with `params`, shaped like `schema`.
+    fn read(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        schema: SchemaRef,
+    ) -> futures::future::BoxFuture<'static, quiver_storage::Result<Vec<RecordBatch>>>;
+}
+
+/// The [`ReadThrough`] of a query, kept in its session's configuration.
+#[derive(Debug)]
+pub(crate) struct ReadsThrough(pub(crate) Arc<dyn ReadThrough>);
 
 /// A store table as a DataFusion [`TableProvider`]: projection, supported filters and
 /// limit become the SQL run on the store.
@@ -228,7 +245,12 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let target = state.config().target_partitions();
-        let wanted = self.partitions_for(target, projection, filters, limit);
+        let through = state.config().get_extension::<ReadsThrough>().is_some();
+        let wanted = if through {
+            1
+        } else {
+            self.partitions_for(target, projection, filters, limit)
+        };
         let ranges = if wanted > 1 {
             let range = self
                 .store
@@ -391,7 +413,7 @@ impl ExecutionPlan for StoreScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
         let Some(scan) = self.partitions.get(partition) else {
             return Err(DataFusionError::Internal(format!(
@@ -403,9 +425,20 @@ impl ExecutionPlan for StoreScanExec {
         let sql = scan.sql.clone();
         let params = scan.params.clone();
         let schema = Arc::clone(&self.schema);
-        let batches = futures::stream::once(async move { store.query(sql, params, schema).await })
-            .try_flatten()
-            .map(|item| item.map_err(|err| DataFusionError::External(Box::new(err))));
+        let through = context.session_config().get_extension::<ReadsThrough>();
+        let batches = futures::stream::once(async move {
+            match through {
+                Some(through) => {
+                    let batches = through.0.read(sql, params, schema).await?;
+                    let stream: quiver_storage::BatchStream =
+                        Box::pin(futures::stream::iter(batches.into_iter().map(Ok)));
+                    Ok(stream)
+                }
+                None => store.query(sql, params, schema).await,
+            }
+        })
+        .try_flatten()
+        .map(|item| item.map_err(|err| DataFusionError::External(Box::new(err))));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             batches,

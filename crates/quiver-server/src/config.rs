@@ -103,8 +103,13 @@ serve_args! {
     change_log_retention_h: u64, env = "QUIVER_CHANGE_LOG_RETENTION_H";
     /// Hours an idempotency key is remembered [default: 24].
     idempotency_window_h: u64, env = "QUIVER_IDEMPOTENCY_WINDOW_H";
-    /// Seconds a Flight SQL transaction may sit idle before it is rolled back [default: 60].
+    /// Seconds a Flight SQL transaction may sit idle before it is rolled back (on SQLite
+    /// an open transaction holds the single writer) [default: 30].
     transaction_idle_timeout_s: u64, env = "QUIVER_TRANSACTION_IDLE_TIMEOUT_S";
+    /// Largest result one table read inside a Flight SQL transaction may hold, MiB
+    /// (queries in a transaction read on its own connection, one table at a time)
+    /// [default: 256].
+    transaction_read_limit_mb: usize, env = "QUIVER_TRANSACTION_READ_LIMIT_MB";
     /// Most concurrent subscriptions (gRPC and Flight) [default: 10000].
     max_subscribers: usize, env = "QUIVER_MAX_SUBSCRIBERS";
     /// Milliseconds between progress messages on each subscription [default: 1000].
@@ -200,6 +205,8 @@ pub struct WriteConfig {
     pub idempotency_window: Duration,
     /// How long a Flight SQL transaction may sit idle before it is rolled back.
     pub transaction_idle_timeout: Duration,
+    /// Largest result of one table read inside a Flight SQL transaction, bytes.
+    pub transaction_read_limit: usize,
     /// Most operations of one Mutations Apply.
     pub max_operations: usize,
     /// How large and deep client SQL (statements, predicates) may be.
@@ -323,8 +330,9 @@ impl ServeArgs {
                     self.idempotency_window_h.unwrap_or(24) * 3600,
                 ),
                 transaction_idle_timeout: Duration::from_secs(
-                    self.transaction_idle_timeout_s.unwrap_or(60),
+                    self.transaction_idle_timeout_s.unwrap_or(30),
                 ),
+                transaction_read_limit: self.transaction_read_limit_mb.unwrap_or(256) << 20,
                 max_operations: self.max_mutation_operations.unwrap_or(1_000),
                 limits,
             },
@@ -380,6 +388,9 @@ impl Config {
         }
         if self.writes.transaction_idle_timeout.is_zero() {
             return fail("transaction_idle_timeout_s must be at least 1".to_owned());
+        }
+        if self.writes.transaction_read_limit == 0 {
+            return fail("transaction_read_limit_mb must be at least 1".to_owned());
         }
         if self.subscriptions.progress_interval < Duration::from_millis(10) {
             return fail("subscription_progress_interval_ms must be at least 10".to_owned());

@@ -253,6 +253,7 @@ pub fn storage_code(err: &quiver_storage::Error) -> Code {
     match err {
         S::Config(_) | S::Parameter { .. } | S::Value(_) => Code::InvalidArgument,
         S::TransactionAborted(_) => Code::Aborted,
+        S::TooLarge(_) => Code::ResourceExhausted,
         S::Connect { .. }
         | S::PoolTimeout { .. }
         | S::WriterBusy(_)

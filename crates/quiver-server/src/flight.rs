@@ -54,7 +54,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::cancel::Queries;
 use self::handle::StatementHandle;
 use self::metadata::{KeyFilter, SQL_INFO, XDBC_TYPE_INFO};
-use crate::connection::connection_of;
+use crate::connection::{ConnectionId, connection_of};
 use crate::error::{Error, Result};
 use crate::subscriptions::{self, Hub};
 use crate::writes::{StatementKind, Writer, statement_kind};
@@ -131,12 +131,13 @@ impl QuiverFlightSqlService {
         Ok(Response::new(info))
     }
 
-    /// Runs a statement handle and streams its result.
+    /// Runs a statement handle for the connection `owner` and streams its result.
     async fn run(
         &self,
         handle: StatementHandle,
+        owner: Option<ConnectionId>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let batches = self.run_statement(handle).await?;
+        let batches = self.run_statement(handle, owner).await?;
         Ok(Response::new(self.stream(batches)))
     }
 
@@ -186,21 +187,24 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = decode_handle(&ticket.statement_handle)?;
         tracing::Span::current().record("db.query.text", crate::telemetry::shown_sql(&handle.sql));
-        self.run(handle).await
+        self.run(handle, connection_of(&request)).await
     }
 
     #[tracing::instrument(name = "flight.do_get.prepared_statement", skip_all)]
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(decode_handle(&query.prepared_statement_handle)?)
-            .await
+        self.run(
+            decode_handle(&query.prepared_statement_handle)?,
+            connection_of(&request),
+        )
+        .await
     }
 
     #[tracing::instrument(name = "flight.create_prepared_statement", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&query.query)))]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow_json::writer::{JsonArray, LineDelimited, WriterBuilder};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -212,8 +212,8 @@ fn error_body(status: StatusCode, code: Code, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A body that is not the JSON a route takes, as the documented JSON error.
-fn rejection_response(rejection: JsonRejection) -> Response {
+/// A body that could not be read (too large, cut off), as the documented JSON error.
+fn rejection_response(rejection: BytesRejection) -> Response {
     let status = rejection.status();
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
@@ -226,10 +226,23 @@ fn rejection_response(rejection: JsonRejection) -> Response {
 async fn query(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Result<Json<QueryRequest>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request = match body {
-        Ok(Json(request)) => request,
+    // The body is JSON whatever its `Content-Type` says (`curl -d` sends a form type).
+    let request: QueryRequest = match body.map(|bytes| serde_json::from_slice(&bytes)) {
+        Ok(Ok(request)) => request,
+        Ok(Err(err)) => {
+            // Not JSON at all: 400; JSON of the wrong shape: 422.
+            let status = match err.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error_body(
+                status,
+                Code::InvalidArgument,
+                format!("the body is not a query request ({{\"sql\": \"…\"}}): {err}"),
+            );
+        }
         Err(rejection) => return rejection_response(rejection),
     };
     tracing::Span::current().record("db.query.text", crate::telemetry::shown_sql(&request.sql));

@@ -120,6 +120,8 @@ impl Writer {
                 let (changed, _) = tx.run_many(&sql, rows).await?;
                 if ddl {
                     tx.capture_new_tables().await?;
+                    // DDL changes no rows (SQLite would report the last DML's count).
+                    return Ok(Finish::Commit(0, CommitOptions::default()));
                 }
                 Ok(Finish::Commit(changed, CommitOptions::default()))
             })

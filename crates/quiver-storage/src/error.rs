@@ -66,6 +66,10 @@ pub enum Error {
 
     /// A transaction can no longer be used: one of its statements was interrupted
     /// (the caller went away or timed out). It can only be rolled back.
+    #[error("{0}")]
+    TooLarge(String),
+
+    /// The transaction can only be rolled back.
     #[error("transaction aborted: {0}")]
     TransactionAborted(String),
 
@@ -177,6 +181,13 @@ impl Error {
             }),
             _ => false,
         }
+    }
+
+    /// Whether PostgreSQL refused a prepared statement because the schema changed
+    /// under it (`cached plan must not change result type`).
+    pub fn is_stale_plan(&self) -> bool {
+        matches!(self, Error::Postgres(err) if err.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+            && err.as_db_error().is_some_and(|db| db.message().contains("cached plan")))
     }
 
     /// Whether the connection went away underneath (closed socket, server shutdown or

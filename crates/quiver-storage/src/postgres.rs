@@ -13,6 +13,8 @@ pub(crate) mod transaction;
 pub mod types;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
@@ -46,12 +48,26 @@ pub(crate) struct PgConnection {
     /// transaction abandoned open).
     pub(crate) retire: bool,
     statements: HashMap<String, Statement>,
+    /// The schema generation `statements` were prepared in.
+    generation: u64,
+    /// The store's schema generation, moved on when the schema may have changed.
+    schema: Arc<AtomicU64>,
     last_used: Instant,
 }
 
 impl PgConnection {
     /// The statement for `sql`, prepared once per connection.
+    ///
+    /// A statement prepared before the schema changed (a table dropped and created
+    /// again with other column types) would describe the old result, and PostgreSQL
+    /// refuses to run it (`cached plan must not change result type`): the cache starts
+    /// over whenever the store's schema generation moved on.
     pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        let generation = self.schema.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.statements.clear();
+            self.generation = generation;
+        }
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -61,6 +77,12 @@ impl PgConnection {
         }
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+
+    /// Marks the prepared statements of every pooled connection as stale (the
+    /// schema changed).
+    pub(crate) fn schema_changed(&self) {
+        self.schema.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The client, marking the connection as used now.
@@ -89,6 +111,8 @@ async fn open(
 pub(crate) struct PgManager {
     config: tokio_postgres::Config,
     target: String,
+    /// The schema generation shared with every connection.
+    schema: Arc<AtomicU64>,
 }
 
 impl bb8::ManageConnection for PgManager {
@@ -109,6 +133,8 @@ impl bb8::ManageConnection for PgManager {
             client,
             retire: false,
             statements: HashMap::new(),
+            generation: self.schema.load(Ordering::Acquire),
+            schema: Arc::clone(&self.schema),
             last_used: Instant::now(),
         })
     }
@@ -167,6 +193,9 @@ pub(crate) struct PostgresStore {
     /// For the commit listener's own connection.
     config: Box<tokio_postgres::Config>,
     pool: Pool<PgManager>,
+    /// Moved on when the schema may have changed: pooled connections then prepare
+    /// their statements afresh.
+    schema: Arc<AtomicU64>,
 }
 
 impl PostgresStore {
@@ -184,12 +213,15 @@ impl PostgresStore {
         }
         config.keepalives(true);
         let target = describe(&config);
+        let schema = Arc::new(AtomicU64::new(0));
         let manager = PgManager {
             config: config.clone(),
             target: target.clone(),
+            schema: Arc::clone(&schema),
         };
         Ok(Self {
             pool: Pool::new(manager, pool_options),
+            schema,
             config: Box::new(config),
             target,
         })
@@ -277,13 +309,15 @@ impl PostgresStore {
 
     /// Starts `sql` on a pooled connection, retrying on another connection when one
     /// was closed underneath (each failure retires a broken connection, so the retries
-    /// are bounded by the pool size).
+    /// are bounded by the pool size), and once with fresh statements when the schema
+    /// changed outside Quiver since the statement was prepared.
     async fn start(
         &self,
         sql: &str,
         params: &[Value],
     ) -> Result<(Lease<PgManager>, Statement, RowStream)> {
         let mut attempt = 0;
+        let mut replanned = false;
         loop {
             attempt += 1;
             let mut conn = self.connection().await?;
@@ -307,6 +341,11 @@ impl PostgresStore {
                     tracing::info!(error = %err, "connection lost; retrying on a fresh one");
                     drop(conn);
                 }
+                Err(err) if !replanned && err.is_stale_plan() => {
+                    tracing::info!(error = %err, "the schema changed under a prepared statement; preparing afresh");
+                    replanned = true;
+                    self.schema_changed();
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -322,26 +361,7 @@ impl PostgresStore {
     ) -> Result<BatchStream> {
         let span = tracing::debug_span!("storage.postgres.read", db.system.name = "postgresql", db.query.text = %sql);
         let (conn, statement, rows) = self.start(&sql, &params).instrument(span.clone()).await?;
-        let columns = statement.columns();
-        if !schema.fields().is_empty() && columns.len() != schema.fields().len() {
-            return Err(Error::Internal(format!(
-                "query returns {} columns where {} were expected",
-                columns.len(),
-                schema.fields().len()
-            )));
-        }
-        let mut decoders = Vec::with_capacity(schema.fields().len());
-        for (field, column) in schema.fields().iter().zip(columns) {
-            decoders.push(
-                Decoder::new(field.data_type(), column.type_(), batch_size).map_err(|message| {
-                    Error::Conversion {
-                        column: field.name().clone(),
-                        value: column.type_().to_string(),
-                        target: message,
-                    }
-                })?,
-            );
-        }
+        let decoders = decoders(&statement, &schema, batch_size)?;
         let state = ReadState {
             cancel: Some(conn.client.cancel_token()),
             conn,
@@ -394,8 +414,15 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Reads the catalog.
+    /// Marks the prepared statements of every pooled connection as stale.
+    pub(crate) fn schema_changed(&self) {
+        self.schema.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the catalog. It is read again when the schema changed, so the
+    /// statements prepared before are dropped too.
     pub(crate) async fn catalog(&self) -> Result<Catalog> {
+        self.schema_changed();
         let mut conn = self.connection().await?;
         introspect::read_catalog(conn.client())
             .instrument(tracing::debug_span!("storage.postgres.catalog"))
@@ -540,26 +567,75 @@ impl ReadState {
                 self.done = true;
                 break;
             };
-            let row = row?;
-            for (index, decoder) in self.decoders.iter_mut().enumerate() {
-                let raw: Raw<'_> = row.try_get(index)?;
-                decoder.append(raw.0).map_err(|message| Error::Conversion {
-                    column: self.schema.field(index).name().clone(),
-                    value: message,
-                    target: self.schema.field(index).data_type().to_string(),
-                })?;
-            }
+            decode_row(&mut self.decoders, &self.schema, &row?)?;
             count += 1;
         }
         if count == 0 {
             return Ok(None);
         }
-        let columns = self.decoders.iter_mut().map(Decoder::finish).collect();
-        let options = RecordBatchOptions::new().with_row_count(Some(count));
-        Ok(Some(RecordBatch::try_new_with_options(
-            std::sync::Arc::clone(&self.schema),
-            columns,
-            &options,
-        )?))
+        finish_batch(&mut self.decoders, &self.schema, count).map(Some)
     }
+}
+
+/// A decoder per column of `statement`'s result, into the fields of `schema` (which has
+/// one field per column, or none to only count rows).
+pub(crate) fn decoders(
+    statement: &Statement,
+    schema: &SchemaRef,
+    batch_size: usize,
+) -> Result<Vec<Decoder>> {
+    let columns = statement.columns();
+    if !schema.fields().is_empty() && columns.len() != schema.fields().len() {
+        return Err(Error::Internal(format!(
+            "query returns {} columns where {} were expected",
+            columns.len(),
+            schema.fields().len()
+        )));
+    }
+    schema
+        .fields()
+        .iter()
+        .zip(columns)
+        .map(|(field, column)| {
+            Decoder::new(field.data_type(), column.type_(), batch_size).map_err(|message| {
+                Error::Conversion {
+                    column: field.name().clone(),
+                    value: column.type_().to_string(),
+                    target: message,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Decodes one row into `decoders`.
+pub(crate) fn decode_row(
+    decoders: &mut [Decoder],
+    schema: &SchemaRef,
+    row: &tokio_postgres::Row,
+) -> Result<()> {
+    for (index, decoder) in decoders.iter_mut().enumerate() {
+        let raw: Raw<'_> = row.try_get(index)?;
+        decoder.append(raw.0).map_err(|message| Error::Conversion {
+            column: schema.field(index).name().clone(),
+            value: message,
+            target: schema.field(index).data_type().to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The `count` rows decoded so far as a batch shaped like `schema`.
+pub(crate) fn finish_batch(
+    decoders: &mut [Decoder],
+    schema: &SchemaRef,
+    count: usize,
+) -> Result<RecordBatch> {
+    let columns = decoders.iter_mut().map(Decoder::finish).collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(count));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
 }

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 
 use crate::commit::{Capture, CommitOptions, CommitOutcome, StoredResponse, now_micros};
 use crate::dialect::Dialect;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::postgres::transaction::PostgresTransaction;
 use crate::sqlite::transaction::SqliteTransaction;
 use crate::store::{Backend as StoreBackend, Store};
@@ -100,6 +101,41 @@ impl Transaction {
     pub async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64> {
         let (changed, _) = self.run_many(sql, vec![params]).await?;
         Ok(changed)
+    }
+
+    /// Reads the result of `sql` on the transaction's own connection, so it sees the
+    /// transaction's uncommitted writes, as batches shaped like `schema`. The rows are
+    /// held while the transaction is busy reading them: a result larger than
+    /// `limit_bytes` is refused.
+    pub async fn read(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+        schema: SchemaRef,
+        batch_size: usize,
+        limit_bytes: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let collected = Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
+        let sink = Arc::clone(&collected);
+        let emit = move |batch: RecordBatch| {
+            let mut sink = sink.lock().expect("never poisoned");
+            sink.1 += batch.get_array_memory_size();
+            if sink.1 > limit_bytes {
+                return Err(Error::TooLarge(format!(
+                    "a read inside a transaction holds at most {} MiB \
+                     (transaction_read_limit_mb); commit first, or narrow the query",
+                    limit_bytes >> 20
+                )));
+            }
+            sink.0.push(batch);
+            Ok(())
+        };
+        match &mut self.backend {
+            Backend::Sqlite(tx) => tx.read(sql, params, schema, batch_size, emit).await?,
+            Backend::Postgres(tx) => tx.read(sql, &params, &schema, batch_size, emit).await?,
+        }
+        let batches = std::mem::take(&mut collected.lock().expect("never poisoned").0);
+        Ok(batches)
     }
 
     /// Executes `;`-separated statements without parameters (DDL).

@@ -71,6 +71,12 @@ impl QuiverFlightSqlService {
                             format!("invalid SetSessionOptionsRequest: {err}"),
                         )
                     })?;
+                let catalog = self.engine.catalog();
+                if let Some(missing) = session::missing_target(&set, CATALOG_NAME, |name| {
+                    catalog.schemas.iter().any(|s| s.name == name)
+                }) {
+                    return Err(status(Code::NotFound, missing));
+                }
                 session::set_options(&set, CATALOG_NAME, default_schema).encode_to_vec()
             }
             session::CLOSE_SESSION => {

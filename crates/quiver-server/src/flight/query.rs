@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::cancel::{Queries, Running};
 use super::handle::StatementHandle;
 use super::{DoGetStream, QuiverFlightSqlService};
+use crate::connection::ConnectionId;
 use crate::error::{Error, Result};
 
 /// Batches encoded ahead of the client per stream.
@@ -78,11 +79,17 @@ impl QuiverFlightSqlService {
     }
 
     /// Plans and runs the statement of `handle` once per bound parameter row; a
-    /// ticket's query id makes it cancellable while it runs.
+    /// ticket's query id makes it cancellable while it runs. Inside a transaction of
+    /// `owner`, the query reads on the transaction's connection and sees its writes.
     pub(super) async fn run_statement(
         &self,
         handle: StatementHandle,
+        owner: Option<ConnectionId>,
     ) -> Result<SendableRecordBatchStream> {
+        let through = self
+            .writer
+            .reads_through(handle.transaction_id.as_ref(), owner)
+            .await?;
         let (control, running) = match handle.query_id {
             Some(id) => {
                 let (control, running) = self.queries.start(id)?;
@@ -94,7 +101,10 @@ impl QuiverFlightSqlService {
         let rows = self.bound_rows(&handle)?;
         if rows.len() == 1 {
             let params = rows.into_iter().next().expect("one row");
-            let batches = self.engine.execute_with(&query, params, control).await?;
+            let batches = self
+                .engine
+                .execute_through(&query, params, control, through)
+                .await?;
             return Ok(holding(batches, running));
         }
         // Several parameter rows: the results of each execution, one after another.
@@ -105,9 +115,10 @@ impl QuiverFlightSqlService {
                 let engine = Arc::clone(&engine);
                 let query = query.clone();
                 let control = control.clone();
+                let through = through.clone();
                 async move {
                     engine
-                        .execute_with(&query, params, control)
+                        .execute_through(&query, params, control, through)
                         .await
                         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
                 }

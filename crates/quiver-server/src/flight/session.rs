@@ -123,6 +123,29 @@ pub fn current_options(catalog: &str, schema: &str) -> GetSessionOptionsResult {
     }
 }
 
+/// What a request to set options names that does not exist: a catalog other than
+/// `catalog`, or a schema `exists` does not know.
+pub fn missing_target(
+    request: &SetSessionOptionsRequest,
+    catalog: &str,
+    exists: impl Fn(&str) -> bool,
+) -> Option<String> {
+    request.session_options.iter().find_map(|(name, value)| {
+        let Some(session_option_value::OptionValue::StringValue(wanted)) = &value.option_value
+        else {
+            return None;
+        };
+        let shown: String = wanted.chars().take(128).collect();
+        match name.as_str() {
+            "catalog" if wanted != catalog => Some(format!(
+                "catalog '{shown}' does not exist (the only catalog is '{catalog}')"
+            )),
+            "schema" if !exists(wanted) => Some(format!("schema '{shown}' does not exist")),
+            _ => None,
+        }
+    })
+}
+
 /// Checks a request to set options against the fixed values.
 pub fn set_options(
     request: &SetSessionOptionsRequest,

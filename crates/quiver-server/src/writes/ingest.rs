@@ -86,15 +86,7 @@ impl Writer {
                     "table '{table}' already exists (ingest mode create)"
                 )));
             }
-            (Some(info), TableExistsOption::Append, _) => {
-                for column in &columns {
-                    if info.column(column).is_none() {
-                        return Err(Error::InvalidRequest(format!(
-                            "table '{table}' has no column '{column}'"
-                        )));
-                    }
-                }
-            }
+            (Some(info), TableExistsOption::Append, _) => check_append(info, schema)?,
             (Some(_), TableExistsOption::Replace, _) => {
                 steps.push(format!("DROP TABLE {target}"));
                 steps.push(create);
@@ -147,6 +139,33 @@ impl Writer {
         .await
         .map(|written| written.value)
     }
+}
+
+/// Checks that batches of `schema` can be appended to `table`: every column of the
+/// stream is a column of the table. Names every column that differs. (A column the
+/// stream leaves out gets its default; the store refuses a missing required one.)
+fn check_append(table: &quiver_storage::TableInfo, schema: &Schema) -> Result<()> {
+    let quoted = |names: &mut dyn Iterator<Item = &str>| {
+        names
+            .map(|n| format!("'{}'", quiver_storage::value::shorten(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unknown = quoted(
+        &mut schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| table.column(name).is_none()),
+    );
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidRequest(format!(
+        "cannot append to table '{}': it has no column {unknown}; its columns are {}",
+        quiver_storage::value::shorten(&table.name),
+        quoted(&mut table.columns.iter().map(|c| c.name.as_str()))
+    )))
 }
 
 /// `CREATE TABLE` for an Arrow schema in the store's types.

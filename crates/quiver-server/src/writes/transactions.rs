@@ -11,8 +11,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use quiver_storage::{CommitOptions, Transaction};
+use futures::future::BoxFuture;
+use quiver_query::ReadThrough;
+use quiver_storage::{CommitOptions, Transaction, Value};
 
 use super::Writer;
 use crate::connection::ConnectionId;
@@ -68,6 +72,28 @@ impl Writer {
             Some(id) => self.slot(id, owner).map(drop),
             None => Ok(()),
         }
+    }
+
+    /// What a query inside the transaction `transaction_id` of `owner` reads through:
+    /// the transaction's own connection once it has begun on the store (so the query
+    /// sees its writes); `None` outside a transaction or before its first write.
+    pub async fn reads_through(
+        &self,
+        transaction_id: Option<&Bytes>,
+        owner: Option<ConnectionId>,
+    ) -> Result<Option<Arc<dyn ReadThrough>>> {
+        let Some(id) = transaction_id.filter(|id| !id.is_empty()) else {
+            return Ok(None);
+        };
+        let slot = self.slot(id, owner)?;
+        if slot.state.lock().await.transaction.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(TransactionReads {
+            slot,
+            batch_size: self.engine.store().batch_size(),
+            limit_bytes: self.config.transaction_read_limit,
+        })))
     }
 
     /// Opens a Flight SQL transaction for the connection `owner`; its id.
@@ -168,5 +194,37 @@ impl Writer {
             tracing::info!(transaction = %String::from_utf8_lossy(id), ?timeout, "idle transaction rolled back");
         }
         idle.len()
+    }
+}
+
+/// Reads of a query inside a Flight SQL transaction, on the transaction's connection.
+#[derive(Debug)]
+struct TransactionReads {
+    slot: Arc<TransactionSlot>,
+    batch_size: usize,
+    limit_bytes: usize,
+}
+
+impl ReadThrough for TransactionReads {
+    fn read(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        schema: SchemaRef,
+    ) -> BoxFuture<'static, quiver_storage::Result<Vec<RecordBatch>>> {
+        let slot = Arc::clone(&self.slot);
+        let (batch_size, limit_bytes) = (self.batch_size, self.limit_bytes);
+        Box::pin(async move {
+            let mut open = slot.state.lock().await;
+            *slot.last_used.lock().expect("never poisoned") = Instant::now();
+            let Some(tx) = open.transaction.as_mut() else {
+                return Err(quiver_storage::Error::TransactionAborted(
+                    "the transaction ended while a query in it ran".to_owned(),
+                ));
+            };
+            let batches = tx.read(&sql, params, schema, batch_size, limit_bytes).await;
+            *slot.last_used.lock().expect("never poisoned") = Instant::now();
+            batches
+        })
     }
 }

@@ -91,6 +91,42 @@ impl PostgresTransaction {
         })
     }
 
+    /// Reads the result of `sql` on the transaction's connection, seeing its own
+    /// writes: `emit` takes each batch and says whether to go on.
+    pub(crate) async fn read(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        schema: &arrow::datatypes::SchemaRef,
+        batch_size: usize,
+        mut emit: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let watch = self.watch()?;
+        let statement = self.lease.prepare(sql).await?;
+        let mut decoders = super::decoders(&statement, schema, batch_size)?;
+        let rows = self
+            .lease
+            .client()
+            .query_raw(&statement, params.iter().map(|p| p as Param<'_>))
+            .await?;
+        let mut rows = std::pin::pin!(rows);
+        let mut count = 0;
+        while let Some(row) = rows.next().await {
+            super::decode_row(&mut decoders, schema, &row?)?;
+            count += 1;
+            if count == batch_size.max(1) {
+                emit(super::finish_batch(&mut decoders, schema, count)?)?;
+                count = 0;
+            }
+        }
+        if count > 0 {
+            emit(super::finish_batch(&mut decoders, schema, count)?)?;
+        }
+        watch.done();
+        Ok(())
+    }
+
     /// Executes `;`-separated statements without parameters.
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<()> {
         let watch = self.watch()?;
@@ -218,8 +254,10 @@ impl PostgresTransaction {
 
     /// Installs capture triggers on the tables that lack them, as this transaction
     /// sees them. Replicas starting together take turns (an advisory lock), as
-    /// `CREATE TRIGGER` races otherwise.
+    /// `CREATE TRIGGER` races otherwise. It follows DDL: prepared statements of every
+    /// pooled connection, this one included, are prepared afresh.
     pub(crate) async fn capture_tables(&mut self) -> Result<()> {
+        self.lease.schema_changed();
         self.lease
             .client()
             .batch_execute(&format!(

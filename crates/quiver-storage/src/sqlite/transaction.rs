@@ -90,6 +90,38 @@ impl SqliteTransaction {
         result
     }
 
+    /// Reads the result of `sql` on the writer connection, seeing the transaction's
+    /// own writes: `emit` takes each batch and says whether to go on.
+    pub(crate) async fn read(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+        schema: arrow::datatypes::SchemaRef,
+        batch_size: usize,
+        mut emit: impl FnMut(RecordBatch) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let sql = sql.to_owned();
+        self.run(Trusted::No, move |conn| {
+            let mut failed = None;
+            super::read::read_batches(
+                conn,
+                &sql,
+                &params,
+                &schema,
+                batch_size,
+                |batch| match emit(batch) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
+                    }
+                },
+            )?;
+            failed.map_or(Ok(()), Err)
+        })
+        .await
+    }
+
     /// Executes `;`-separated statements without parameters.
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<()> {
         let sql = sql.to_owned();

@@ -12,7 +12,7 @@
 //! | `TIME`                                           | `Time64(µs)`                  |
 //! | contains `INT` (SQLite's INTEGER affinity)       | `Int64`                       |
 //! | contains `CHAR`, `CLOB`, `TEXT`                  | `Utf8`                        |
-//! | contains `BLOB`                                  | `Binary`                      |
+//! | contains `BLOB`, `BINARY` (`VARBINARY(n)`), `BYTEA` | `Binary`                    |
 //! | contains `REAL`, `FLOA`, `DOUB`                  | `Float64`                     |
 //! | anything else (`NUMERIC`, `DECIMAL(p,s)`, …)     | `Float64` (NUMERIC affinity)  |
 //! | no declared type (view expressions)              | inferred from stored values   |
@@ -47,7 +47,9 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         _ if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") => {
             DataType::Utf8
         }
-        _ if upper.contains("BLOB") => DataType::Binary,
+        _ if upper.contains("BLOB") || upper.contains("BINARY") || upper.contains("BYTEA") => {
+            DataType::Binary
+        }
         _ if upper.contains("REAL") || upper.contains("FLOA") || upper.contains("DOUB") => {
             DataType::Float64
         }
@@ -134,6 +136,9 @@ mod tests {
             ("text", DataType::Utf8),
             ("CLOB", DataType::Utf8),
             ("BLOB", DataType::Binary),
+            ("VARBINARY(16)", DataType::Binary),
+            ("BINARY(4)", DataType::Binary),
+            ("bytea", DataType::Binary),
             ("REAL", DataType::Float64),
             ("DOUBLE PRECISION", DataType::Float64),
             ("FLOAT", DataType::Float64),

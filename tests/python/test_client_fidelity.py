@@ -1,0 +1,214 @@
+"""What an Arrow client expects of transactions and schema changes, with the ADBC
+driver against a server of this module's own (both backends): a transaction reads its
+own writes and nobody else does; a connection that goes away mid-transaction leaves
+writers unblocked within seconds; a table dropped and created again with other column
+types is queryable at once on every pooled connection; the schema announced for a
+query is the schema of the batches streamed. The truth is the database read directly
+(`store`)."""
+
+import contextlib
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import pytest
+
+
+@contextlib.contextmanager
+def transaction(server):
+    """An ADBC connection in transaction mode, rolled back and closed afterwards."""
+    conn = flight_sql.connect(server.grpc_uri, autocommit=False)
+    try:
+        yield conn
+    finally:
+        try:
+            conn.rollback()
+            conn.adbc_connection.set_autocommit(True)
+        finally:
+            conn.close()
+
+
+def fetch(conn, sql, params=None):
+    cur = conn.cursor()
+    cur.execute(sql, params)
+    return cur.fetchall()
+
+
+def test_a_transaction_reads_its_own_writes_and_nobody_else_does(writable_server, writer, store):
+    writer.cursor().execute("CREATE TABLE txn_own (id BIGINT PRIMARY KEY, label TEXT NOT NULL)")
+    writer.cursor().execute("CREATE TABLE txn_own_tags (id BIGINT PRIMARY KEY, item BIGINT, tag TEXT)")
+    writer.cursor().execute("INSERT INTO txn_own (id, label) VALUES (1, 'committed before')")
+    with transaction(writable_server) as conn:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO txn_own (id, label) VALUES (2, 'mine')")
+        cur.execute("UPDATE txn_own SET label = 'changed by me' WHERE id = 1")
+        cur.execute("INSERT INTO txn_own_tags (id, item, tag) VALUES (10, 2, 'a'), (11, 2, 'b')")
+
+        # The transaction's own reads: plain, filtered, prepared with a parameter,
+        # aggregated and joined across two tables, all seeing the uncommitted rows.
+        assert fetch(conn, "SELECT id, label FROM txn_own ORDER BY id") == [
+            (1, "changed by me"),
+            (2, "mine"),
+        ]
+        assert fetch(conn, "SELECT label FROM txn_own WHERE id = ?", [2]) == [("mine",)]
+        assert fetch(conn, "SELECT count(*) FROM txn_own") == [(2,)]
+        assert fetch(
+            conn,
+            "SELECT t.label, g.tag FROM txn_own t JOIN txn_own_tags g ON g.item = t.id ORDER BY g.tag",
+        ) == [("mine", "a"), ("mine", "b")]
+
+        # Everyone else sees only what is committed.
+        assert fetch(writer, "SELECT id, label FROM txn_own ORDER BY id") == [(1, "committed before")]
+        assert store.rows("SELECT id, label FROM txn_own ORDER BY id") == [(1, "committed before")]
+
+        conn.rollback()
+        # After the rollback the same connection (in a new transaction) sees the
+        # committed state again.
+        assert fetch(conn, "SELECT id, label FROM txn_own ORDER BY id") == [(1, "committed before")]
+
+        cur = conn.cursor()
+        cur.execute("INSERT INTO txn_own (id, label) VALUES (3, 'kept')")
+        assert fetch(conn, "SELECT id FROM txn_own ORDER BY id") == [(1,), (3,)]
+        conn.commit()
+    assert store.rows("SELECT id, label FROM txn_own ORDER BY id") == [(1, "committed before"), (3, "kept")]
+    assert fetch(writer, "SELECT id FROM txn_own ORDER BY id") == [(1,), (3,)]
+
+
+def test_a_query_in_a_transaction_sees_rows_beyond_one_batch(writable_server, writer, store):
+    """Reads on the transaction's connection come in batches like any other read."""
+    writer.cursor().execute("CREATE TABLE txn_many (id BIGINT PRIMARY KEY, v BIGINT)")
+    with transaction(writable_server) as conn:
+        conn.cursor().execute(
+            "INSERT INTO txn_many (id, v) SELECT x, x FROM "
+            "(WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < 19999) SELECT x FROM c) s"
+        )
+        assert fetch(conn, "SELECT count(*), sum(v) FROM txn_many") == [(20_000, sum(range(20_000)))]
+        rows = conn.cursor()
+        rows.execute("SELECT id FROM txn_many ORDER BY id")
+        assert rows.fetch_arrow_table().column("id").to_pylist() == list(range(20_000))
+        assert store.count("txn_many") == 0
+        conn.rollback()
+    assert store.count("txn_many") == 0
+
+
+def test_a_closed_connection_rolls_back_and_writers_go_on_within_seconds(writable_server, writer, store):
+    writer.cursor().execute("CREATE TABLE txn_abandoned (id BIGINT PRIMARY KEY)")
+    conn = flight_sql.connect(writable_server.grpc_uri, autocommit=False)
+    conn.cursor().execute("INSERT INTO txn_abandoned (id) VALUES (1)")
+    # Gone without commit or rollback (the client process died, say).
+    conn.close()
+    started = time.monotonic()
+    writer.cursor().execute("INSERT INTO txn_abandoned (id) VALUES (2)")
+    waited = time.monotonic() - started
+    assert waited < 5, f"a writer waited {waited:.1f} s behind an abandoned transaction"
+    assert store.rows("SELECT id FROM txn_abandoned ORDER BY id") == [(2,)]
+
+
+def test_a_table_created_again_with_other_types_is_queryable_at_once_everywhere(writable_server, writer, store):
+    """Drop and create again with other column types: every following query works,
+    whichever pooled connection serves it (PostgreSQL caches statements per
+    connection)."""
+    writer.cursor().execute("CREATE TABLE retyped (id BIGINT PRIMARY KEY, v BIGINT)")
+    writer.cursor().execute("INSERT INTO retyped (id, v) VALUES (1, 10)")
+    # Warm every pooled connection's statement cache with the old shape.
+    readers = [flight_sql.connect(writable_server.grpc_uri, autocommit=True) for _ in range(4)]
+    try:
+        for _ in range(3):
+            for reader in readers:
+                assert fetch(reader, "SELECT id, v FROM retyped") == [(1, 10)]
+                assert fetch(reader, "SELECT v FROM retyped WHERE id = ?", [1]) == [(10,)]
+        writer.cursor().execute("DROP TABLE retyped")
+        writer.cursor().execute("CREATE TABLE retyped (id BIGINT PRIMARY KEY, v TEXT)")
+        writer.cursor().execute("INSERT INTO retyped (id, v) VALUES (1, 'ten')")
+        for _ in range(3):
+            for reader in readers:
+                assert fetch(reader, "SELECT id, v FROM retyped") == [(1, "ten")]
+                assert fetch(reader, "SELECT v FROM retyped WHERE id = ?", [1]) == [("ten",)]
+    finally:
+        for reader in readers:
+            reader.close()
+    assert store.rows("SELECT id, v FROM retyped") == [(1, "ten")]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, key, title FROM tasks ORDER BY id LIMIT 5",
+        "SELECT t.id, f.title AS feature FROM tasks t LEFT JOIN features f ON f.id = t.feature_id ORDER BY t.id LIMIT 5",
+        "SELECT count(*) AS n, max(id) AS top FROM tasks",
+        "SELECT id, coalesce(title, 'none') AS title FROM tasks WHERE id < 4",
+        "SELECT 1 AS one, 'x' AS letter",
+    ],
+)
+def test_the_announced_schema_is_the_streamed_schema(writable_server, sql):
+    """GetFlightInfo announces fields, types and nullability; the batches carry the same."""
+    from pyarrow import flight
+
+    from hostile_clients import statement_query
+
+    client = flight.FlightClient(writable_server.grpc_uri)
+    try:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_query(sql)))
+        announced = info.schema
+        reader = client.do_get(info.endpoints[0].ticket)
+        table = reader.read_all()
+        assert reader.schema == announced, f"announced {announced} but streamed {reader.schema}"
+        assert table.schema == announced
+        for field in announced:
+            if not field.nullable:
+                assert table.column(field.name).null_count == 0
+    finally:
+        client.close()
+
+
+def test_ddl_reports_no_rows_changed(writer):
+    cur = writer.cursor()
+    cur.execute("CREATE TABLE ddl_counts (id BIGINT PRIMARY KEY)")
+    cur.execute("INSERT INTO ddl_counts (id) VALUES (1), (2), (3)")
+    assert cur.rowcount == 3
+    # SQLite's own count would still be the INSERT's 3.
+    cur.execute("CREATE INDEX ddl_counts_idx ON ddl_counts (id)")
+    assert cur.rowcount == 0
+    cur.execute("DROP TABLE ddl_counts")
+    assert cur.rowcount == 0
+
+
+@pytest.mark.parametrize("option,value", [("adbc.connection.db_schema", "no_such_schema"), ("adbc.connection.catalog", "no_such_catalog")])
+def test_setting_an_unknown_catalog_or_schema_is_not_found(writable_server, option, value):
+    conn = flight_sql.connect(writable_server.grpc_uri, autocommit=True)
+    try:
+        with pytest.raises(Exception) as raised:
+            conn.adbc_connection.set_options(**{option: value})
+        assert "NOT_FOUND" in str(raised.value) and value in str(raised.value), str(raised.value)
+        # The connection still works, on the schema it had.
+        assert conn.adbc_current_db_schema == writable_server.schema
+        assert fetch(conn, "SELECT 1 AS one") == [(1,)]
+    finally:
+        conn.close()
+
+
+def test_an_append_that_does_not_match_names_the_columns(writer, store):
+    import pyarrow as pa
+
+    writer.cursor().execute("CREATE TABLE append_target (id BIGINT PRIMARY KEY, label TEXT)")
+    data = pa.table({"id": [1], "labell": ["typo"], "extra": [1.5]})
+    with pytest.raises(Exception) as raised:
+        writer.cursor().adbc_ingest("append_target", data, mode="append")
+    message = str(raised.value)
+    assert "INVALID_ARGUMENT" in message
+    for name in ("'labell'", "'extra'", "'id'", "'label'"):
+        assert name in message, message
+    assert store.count("append_target") == 0
+
+
+def test_a_varbinary_column_reads_as_binary(writable_server, writer, store):
+    """SQLite keeps the declared type text: `VARBINARY(n)` is a binary column."""
+    if writable_server.kind != "sqlite":
+        pytest.skip("VARBINARY is SQLite (and MySQL) syntax; PostgreSQL has bytea")
+    writer.cursor().execute("CREATE TABLE varbinary_keys (id BIGINT PRIMARY KEY, k VARBINARY(16))")
+    value = bytes(range(16))
+    writer.cursor().execute("INSERT INTO varbinary_keys (id, k) VALUES (?, ?)", [1, value])
+    cur = writer.cursor()
+    cur.execute("SELECT k FROM varbinary_keys")
+    table = cur.fetch_arrow_table()
+    assert table.schema.field("k").type == "binary"
+    assert table.column("k").to_pylist() == [value] == [row[0] for row in store.rows("SELECT k FROM varbinary_keys")]
