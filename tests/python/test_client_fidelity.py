@@ -10,6 +10,7 @@ import contextlib
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
 import pytest
 
 
@@ -212,3 +213,56 @@ def test_a_varbinary_column_reads_as_binary(writable_server, writer, store):
     table = cur.fetch_arrow_table()
     assert table.schema.field("k").type == "binary"
     assert table.column("k").to_pylist() == [value] == [row[0] for row in store.rows("SELECT k FROM varbinary_keys")]
+
+
+NARROW = pa.table(
+    {
+        "i8": pa.array([-128, 0, 127, None], pa.int8()),
+        "i16": pa.array([-32768, 1, 32767, None], pa.int16()),
+        "i32": pa.array([-(2**31), 2, 2**31 - 1, None], pa.int32()),
+        "u8": pa.array([0, 1, 255, None], pa.uint8()),
+        "u16": pa.array([0, 2, 65535, None], pa.uint16()),
+        "u32": pa.array([0, 3, 2**32 - 1, None], pa.uint32()),
+        "f32": pa.array([-1.5, 0.25, 3.4028234663852886e38, None], pa.float32()),
+        "n": pa.array([1, 2, 3, 4], pa.int64()),
+    }
+)
+
+
+def test_narrow_numbers_read_back_as_ingested(writable_server, writer, store):
+    """Ingest of narrow integers and Float32, read back: the same values; on SQLite the
+    same Arrow types (the declared type records them); PostgreSQL holds each in the
+    nearest type that fits (documented mapping)."""
+    writer.cursor().adbc_ingest("narrow_numbers", NARROW, mode="create")
+    cur = writer.cursor()
+    cur.execute("SELECT i8, i16, i32, u8, u16, u32, f32, n FROM narrow_numbers ORDER BY n")
+    table = cur.fetch_arrow_table()
+    for name in NARROW.column_names:
+        assert table.column(name).to_pylist() == NARROW.column(name).to_pylist(), name
+    if writable_server.kind == "sqlite":
+        assert table.schema.remove_metadata() == NARROW.schema, table.schema
+        # Pushed-down comparisons on narrow columns agree with the engine's.
+        cur.execute("SELECT n FROM narrow_numbers WHERE i16 > 0 AND u32 >= 3 ORDER BY n")
+        expected = [
+            (n,)
+            for n, i16, u32 in zip(*(NARROW.column(c).to_pylist() for c in ("n", "i16", "u32")))
+            if i16 is not None and u32 is not None and i16 > 0 and u32 >= 3
+        ]
+        assert cur.fetchall() == expected
+    assert store.count("narrow_numbers") == 4
+
+
+def test_a_value_outside_a_narrow_column_is_refused(writable_server, writer, store):
+    if writable_server.kind != "sqlite":
+        pytest.skip("PostgreSQL refuses out-of-range values itself")
+    writer.cursor().execute("CREATE TABLE narrow_checked (id BIGINT PRIMARY KEY, small SMALLINT, tiny TINYINT)")
+    writer.cursor().execute("INSERT INTO narrow_checked (id, small, tiny) VALUES (1, 32767, -128)")
+    for sql in (
+        "INSERT INTO narrow_checked (id, small) VALUES (2, 32768)",
+        "UPDATE narrow_checked SET tiny = 200 WHERE id = 1",
+    ):
+        with pytest.raises(Exception) as raised:
+            writer.cursor().execute(sql)
+        assert "INVALID_ARGUMENT" in str(raised.value), str(raised.value)
+    assert store.rows("SELECT id, small, tiny FROM narrow_checked") == [(1, 32767, -128)]
+    assert fetch(writer, "SELECT small, tiny FROM narrow_checked") == [(32767, -128)]

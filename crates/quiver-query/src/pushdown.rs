@@ -34,6 +34,15 @@ fn column_kind(column: &ColumnInfo, dialect: Dialect) -> Option<Kind> {
     }
     match (&column.data_type, dialect) {
         (DataType::Int64 | DataType::Float64, _) => Some(Kind::Number),
+        (
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32,
+            Dialect::Sqlite,
+        ) => Some(Kind::Number),
         (DataType::Int16 | DataType::Int32 | DataType::Float32, Dialect::Postgres) => {
             Some(Kind::Number)
         }

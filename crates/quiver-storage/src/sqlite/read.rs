@@ -50,7 +50,14 @@ fn sql_output(cell: ValueCell<'_>) -> rusqlite::types::ToSqlOutput<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadType {
     Boolean,
+    Int8,
+    Int16,
+    Int32,
     Int64,
+    UInt8,
+    UInt16,
+    UInt32,
+    Float32,
     Float64,
     Utf8,
     Binary,
@@ -64,7 +71,14 @@ impl ReadType {
     pub(crate) fn of(data_type: &DataType) -> Option<Self> {
         Some(match data_type {
             DataType::Boolean => ReadType::Boolean,
+            DataType::Int8 => ReadType::Int8,
+            DataType::Int16 => ReadType::Int16,
+            DataType::Int32 => ReadType::Int32,
             DataType::Int64 => ReadType::Int64,
+            DataType::UInt8 => ReadType::UInt8,
+            DataType::UInt16 => ReadType::UInt16,
+            DataType::UInt32 => ReadType::UInt32,
+            DataType::Float32 => ReadType::Float32,
             DataType::Float64 => ReadType::Float64,
             DataType::Utf8 => ReadType::Utf8,
             DataType::Binary => ReadType::Binary,
@@ -75,11 +89,31 @@ impl ReadType {
         })
     }
 
+    /// The values a narrow integer type holds.
+    fn integer_range(self) -> Option<(i64, i64)> {
+        Some(match self {
+            ReadType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+            ReadType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+            ReadType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+            ReadType::UInt8 => (0, u8::MAX.into()),
+            ReadType::UInt16 => (0, u16::MAX.into()),
+            ReadType::UInt32 => (0, u32::MAX.into()),
+            _ => return None,
+        })
+    }
+
     /// A short tag naming the type in SQL text (the writer's value checks).
     pub(crate) fn tag(self) -> &'static str {
         match self {
             ReadType::Boolean => "bool",
+            ReadType::Int8 => "i8",
+            ReadType::Int16 => "i16",
+            ReadType::Int32 => "i32",
             ReadType::Int64 => "i64",
+            ReadType::UInt8 => "u8",
+            ReadType::UInt16 => "u16",
+            ReadType::UInt32 => "u32",
+            ReadType::Float32 => "f32",
             ReadType::Float64 => "f64",
             ReadType::Utf8 => "text",
             ReadType::Binary => "blob",
@@ -93,7 +127,14 @@ impl ReadType {
     pub(crate) fn from_tag(tag: &str) -> Option<Self> {
         [
             ReadType::Boolean,
+            ReadType::Int8,
+            ReadType::Int16,
+            ReadType::Int32,
             ReadType::Int64,
+            ReadType::UInt8,
+            ReadType::UInt16,
+            ReadType::UInt32,
+            ReadType::Float32,
             ReadType::Float64,
             ReadType::Utf8,
             ReadType::Binary,
@@ -109,7 +150,14 @@ impl ReadType {
     pub(crate) fn arrow_name(self) -> &'static str {
         match self {
             ReadType::Boolean => "Boolean",
+            ReadType::Int8 => "Int8",
+            ReadType::Int16 => "Int16",
+            ReadType::Int32 => "Int32",
             ReadType::Int64 => "Int64",
+            ReadType::UInt8 => "UInt8",
+            ReadType::UInt16 => "UInt16",
+            ReadType::UInt32 => "UInt32",
+            ReadType::Float32 => "Float32",
             ReadType::Float64 => "Float64",
             ReadType::Utf8 => "Utf8",
             ReadType::Binary => "Binary",
@@ -126,6 +174,21 @@ impl ReadType {
     pub(crate) fn decode<'a>(self, value: ValueRef<'a>) -> Option<Cell<'a>> {
         if let ValueRef::Null = value {
             return Some(Cell::Null);
+        }
+        // Narrow types: read as their wide kin, then checked to fit.
+        if let Some((low, high)) = self.integer_range() {
+            return match ReadType::Int64.decode(value)? {
+                Cell::Int(v) if (low..=high).contains(&v) => Some(Cell::Int(v)),
+                _ => None,
+            };
+        }
+        if self == ReadType::Float32 {
+            return match ReadType::Float64.decode(value)? {
+                Cell::Float(v) if !v.is_finite() || v.abs() <= f64::from(f32::MAX) => {
+                    Some(Cell::Float(v))
+                }
+                _ => None,
+            };
         }
         Some(match (self, value) {
             (ReadType::Int64, ValueRef::Integer(v)) => Cell::Int(v),
@@ -185,6 +248,9 @@ pub(crate) enum Cell<'a> {
 enum ColumnReader {
     Boolean(BooleanBuilder),
     Int64(Int64Builder),
+    /// A narrow integer or `Float32` column: read wide, checked to fit, cast when the
+    /// batch is finished.
+    Narrow(ReadType, DataType, Box<ColumnReader>),
     Float64(Float64Builder),
     Utf8(StringBuilder),
     Binary(BinaryBuilder),
@@ -222,12 +288,33 @@ impl ColumnReader {
                 "no SQLite reader for Arrow type {data_type}"
             )));
         };
+        if read_type.integer_range().is_some() || read_type == ReadType::Float32 {
+            let wide = if read_type == ReadType::Float32 {
+                DataType::Float64
+            } else {
+                DataType::Int64
+            };
+            return Ok(ColumnReader::Narrow(
+                read_type,
+                data_type.clone(),
+                Box::new(ColumnReader::new(&wide, capacity)?),
+            ));
+        }
         Ok(match (read_type, data_type) {
             (ReadType::Boolean, _) => {
                 ColumnReader::Boolean(BooleanBuilder::with_capacity(capacity))
             }
-            (ReadType::Int64, _) => ColumnReader::Int64(Int64Builder::with_capacity(capacity)),
-            (ReadType::Float64, _) => {
+            (
+                ReadType::Int64
+                | ReadType::Int8
+                | ReadType::Int16
+                | ReadType::Int32
+                | ReadType::UInt8
+                | ReadType::UInt16
+                | ReadType::UInt32,
+                _,
+            ) => ColumnReader::Int64(Int64Builder::with_capacity(capacity)),
+            (ReadType::Float64 | ReadType::Float32, _) => {
                 ColumnReader::Float64(Float64Builder::with_capacity(capacity))
             }
             (ReadType::Utf8, _) => {
@@ -254,6 +341,7 @@ impl ColumnReader {
         match self {
             ColumnReader::Boolean(_) => ReadType::Boolean,
             ColumnReader::Int64(_) => ReadType::Int64,
+            ColumnReader::Narrow(read_type, ..) => *read_type,
             ColumnReader::Float64(_) => ReadType::Float64,
             ColumnReader::Utf8(_) => ReadType::Utf8,
             ColumnReader::Binary(_) => ReadType::Binary,
@@ -267,7 +355,14 @@ impl ColumnReader {
     #[inline]
     fn append(&mut self, value: ValueRef<'_>) -> Option<()> {
         let cell = self.read_type().decode(value)?;
+        self.push(cell)
+    }
+
+    /// Appends one decoded value; `None` when it is not of the builder's kind.
+    #[inline]
+    fn push(&mut self, cell: Cell<'_>) -> Option<()> {
         match (self, cell) {
+            (ColumnReader::Narrow(_, _, wide), cell) => wide.push(cell)?,
             (ColumnReader::Boolean(b), Cell::Null) => b.append_null(),
             (ColumnReader::Int64(b), Cell::Null) => b.append_null(),
             (ColumnReader::Float64(b), Cell::Null) => b.append_null(),
@@ -289,8 +384,12 @@ impl ColumnReader {
         Some(())
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> Result<ArrayRef> {
+        Ok(match self {
+            ColumnReader::Narrow(_, data_type, wide) => {
+                // Every value was checked to fit when read.
+                arrow::compute::cast(&wide.finish()?, data_type)?
+            }
             ColumnReader::Boolean(b) => Arc::new(b.finish()),
             ColumnReader::Int64(b) => Arc::new(b.finish()),
             ColumnReader::Float64(b) => Arc::new(b.finish()),
@@ -299,7 +398,7 @@ impl ColumnReader {
             ColumnReader::Date32(b) => Arc::new(b.finish()),
             ColumnReader::Timestamp(b) => Arc::new(b.finish()),
             ColumnReader::Time64(b) => Arc::new(b.finish()),
-        }
+        })
     }
 }
 
@@ -354,7 +453,10 @@ pub(crate) fn read_batches(
     let mut rows = statement.raw_query();
     let mut row_count = 0usize;
     let finish = |readers: &mut Vec<ColumnReader>, row_count: usize| -> Result<RecordBatch> {
-        let columns = readers.iter_mut().map(ColumnReader::finish).collect();
+        let columns = readers
+            .iter_mut()
+            .map(ColumnReader::finish)
+            .collect::<Result<Vec<_>>>()?;
         let options = RecordBatchOptions::new().with_row_count(Some(row_count));
         Ok(RecordBatch::try_new_with_options(
             Arc::clone(schema),

@@ -10,12 +10,22 @@
 //! | `DATETIME`, `TIMESTAMP`                          | `Timestamp(µs, none)`         |
 //! | `TIMESTAMPTZ`, `TIMESTAMP WITH TIME ZONE`        | `Timestamp(µs, "UTC")`        |
 //! | `TIME`                                           | `Time64(µs)`                  |
+//! | `TINYINT`                                        | `Int8`                        |
+//! | `SMALLINT`, `INT2`                               | `Int16`                       |
+//! | `MEDIUMINT`, `INT4`, `INT32`                     | `Int32`                       |
+//! | `UINT8`, `UINT16`, `UINT32`                      | `UInt8`, `UInt16`, `UInt32`   |
+//! | `FLOAT4`                                         | `Float32`                     |
 //! | contains `INT` (SQLite's INTEGER affinity)       | `Int64`                       |
 //! | contains `CHAR`, `CLOB`, `TEXT`                  | `Utf8`                        |
 //! | contains `BLOB`, `BINARY` (`VARBINARY(n)`), `BYTEA` | `Binary`                    |
 //! | contains `REAL`, `FLOA`, `DOUB`                  | `Float64`                     |
 //! | anything else (`NUMERIC`, `DECIMAL(p,s)`, …)     | `Float64` (NUMERIC affinity)  |
 //! | no declared type (view expressions)              | inferred from stored values   |
+//!
+//! The narrow types have SQLite's INTEGER (or REAL) affinity; a value outside the
+//! type's range is refused when written through Quiver and fails the read otherwise.
+//! Bulk ingest creates columns with these names, so an `Int16` column reads back as
+//! `Int16`.
 //!
 //! NUMERIC affinity stores values as 8-byte INTEGER or REAL, so `Float64` loses
 //! nothing SQLite kept except integers beyond 2^53. Date and time columns accept the
@@ -43,6 +53,13 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
         }
         "TIME" => DataType::Time64(TimeUnit::Microsecond),
+        "TINYINT" => DataType::Int8,
+        "SMALLINT" | "INT2" => DataType::Int16,
+        "MEDIUMINT" | "INT4" | "INT32" => DataType::Int32,
+        "UINT8" => DataType::UInt8,
+        "UINT16" => DataType::UInt16,
+        "UINT32" => DataType::UInt32,
+        "FLOAT4" => DataType::Float32,
         _ if upper.contains("INT") => DataType::Int64,
         _ if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") => {
             DataType::Utf8
@@ -100,14 +117,15 @@ impl ObservedClasses {
 pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
     Some(match data_type {
         DataType::Boolean => "BOOLEAN",
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32 => "INTEGER",
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => "REAL",
+        DataType::Int8 => "TINYINT",
+        DataType::Int16 => "SMALLINT",
+        DataType::Int32 => "INT32",
+        DataType::Int64 => "INTEGER",
+        DataType::UInt8 => "UINT8",
+        DataType::UInt16 => "UINT16",
+        DataType::UInt32 => "UINT32",
+        DataType::Float16 | DataType::Float32 => "FLOAT4",
+        DataType::Float64 => "REAL",
         DataType::Decimal128(_, _) | DataType::Decimal256(_, _) | DataType::UInt64 => "NUMERIC",
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT",
         DataType::Binary
@@ -131,6 +149,11 @@ mod tests {
         let cases = [
             ("INTEGER", DataType::Int64),
             ("bigint", DataType::Int64),
+            ("TINYINT", DataType::Int8),
+            ("smallint", DataType::Int16),
+            ("INT32", DataType::Int32),
+            ("UINT32", DataType::UInt32),
+            ("FLOAT4", DataType::Float32),
             ("UNSIGNED BIG INT", DataType::Int64),
             ("VARCHAR(255)", DataType::Utf8),
             ("text", DataType::Utf8),
