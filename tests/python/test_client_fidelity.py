@@ -266,3 +266,31 @@ def test_a_value_outside_a_narrow_column_is_refused(writable_server, writer, sto
         assert "INVALID_ARGUMENT" in str(raised.value), str(raised.value)
     assert store.rows("SELECT id, small, tiny FROM narrow_checked") == [(1, 32767, -128)]
     assert fetch(writer, "SELECT small, tiny FROM narrow_checked") == [(32767, -128)]
+
+
+def test_timestamps_keep_their_unit(writable_server, writer, store):
+    """pandas writes timestamp[ns]; Arrow clients expect the unit they ingested. SQLite
+    records it in the declared type (`TIMESTAMP(3)`); both stores keep microseconds,
+    so finer digits are rounded (documented); the values here are whole microseconds."""
+    import datetime
+
+    moments = [datetime.datetime(2024, 2, 29, 23, 59, 58, 123000), datetime.datetime(1999, 1, 1), None]
+    data = pa.table(
+        {
+            "s": pa.array([m and m.replace(microsecond=0) for m in moments], pa.timestamp("s")),
+            "ms": pa.array(moments, pa.timestamp("ms")),
+            "us": pa.array(moments, pa.timestamp("us")),
+            "ns": pa.array(moments, pa.timestamp("ns")),
+            "ms_utc": pa.array(moments, pa.timestamp("ms", tz="UTC")),
+            "n": pa.array([1, 2, 3], pa.int64()),
+        }
+    )
+    writer.cursor().adbc_ingest("stamped", data, mode="create")
+    cur = writer.cursor()
+    cur.execute("SELECT s, ms, us, ns, ms_utc, n FROM stamped ORDER BY n")
+    table = cur.fetch_arrow_table()
+    for name in data.column_names:
+        assert table.column(name).to_pylist() == data.column(name).to_pylist(), name
+    if writable_server.kind == "sqlite":
+        assert table.schema.remove_metadata() == data.schema, table.schema
+    assert store.count("stamped") == 3

@@ -83,7 +83,7 @@ impl ReadType {
             DataType::Utf8 => ReadType::Utf8,
             DataType::Binary => ReadType::Binary,
             DataType::Date32 => ReadType::Date32,
-            DataType::Timestamp(TimeUnit::Microsecond, _) => ReadType::Timestamp,
+            DataType::Timestamp(_, _) => ReadType::Timestamp,
             DataType::Time64(TimeUnit::Microsecond) => ReadType::Time64,
             _ => return None,
         })
@@ -248,8 +248,9 @@ pub(crate) enum Cell<'a> {
 enum ColumnReader {
     Boolean(BooleanBuilder),
     Int64(Int64Builder),
-    /// A narrow integer or `Float32` column: read wide, checked to fit, cast when the
-    /// batch is finished.
+    /// A narrow integer or `Float32` column (read wide, checked to fit), or a timestamp
+    /// column in another unit than the microseconds stored: cast when the batch is
+    /// finished.
     Narrow(ReadType, DataType, Box<ColumnReader>),
     Float64(Float64Builder),
     Utf8(StringBuilder),
@@ -288,12 +289,16 @@ impl ColumnReader {
                 "no SQLite reader for Arrow type {data_type}"
             )));
         };
-        if read_type.integer_range().is_some() || read_type == ReadType::Float32 {
-            let wide = if read_type == ReadType::Float32 {
-                DataType::Float64
-            } else {
-                DataType::Int64
-            };
+        let wide = match (read_type, data_type) {
+            (ReadType::Float32, _) => Some(DataType::Float64),
+            (_, DataType::Timestamp(unit, zone)) if *unit != TimeUnit::Microsecond => {
+                // Stored to the microsecond; read so, then cast to the column's unit.
+                Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))
+            }
+            _ if read_type.integer_range().is_some() => Some(DataType::Int64),
+            _ => None,
+        };
+        if let Some(wide) = wide {
             return Ok(ColumnReader::Narrow(
                 read_type,
                 data_type.clone(),
@@ -387,8 +392,13 @@ impl ColumnReader {
     fn finish(&mut self) -> Result<ArrayRef> {
         Ok(match self {
             ColumnReader::Narrow(_, data_type, wide) => {
-                // Every value was checked to fit when read.
-                arrow::compute::cast(&wide.finish()?, data_type)?
+                // Narrow values were checked to fit when read; a timestamp that
+                // overflows nanoseconds (after 2262) fails instead of turning NULL.
+                let options = arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                arrow::compute::cast_with_options(&wide.finish()?, data_type, &options)?
             }
             ColumnReader::Boolean(b) => Arc::new(b.finish()),
             ColumnReader::Int64(b) => Arc::new(b.finish()),

@@ -9,6 +9,7 @@
 //! | `DATE`                                           | `Date32`                      |
 //! | `DATETIME`, `TIMESTAMP`                          | `Timestamp(µs, none)`         |
 //! | `TIMESTAMPTZ`, `TIMESTAMP WITH TIME ZONE`        | `Timestamp(µs, "UTC")`        |
+//! | … with a precision: `(0)`, `(1)`–`(3)`, `(7)`–`(9)` | unit `s`, `ms`, `ns`       |
 //! | `TIME`                                           | `Time64(µs)`                  |
 //! | `TINYINT`                                        | `Int8`                        |
 //! | `SMALLINT`, `INT2`                               | `Int16`                       |
@@ -47,10 +48,10 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         "BOOL" | "BOOLEAN" => DataType::Boolean,
         "DATE" => DataType::Date32,
         "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => {
-            DataType::Timestamp(TimeUnit::Microsecond, None)
+            DataType::Timestamp(timestamp_unit(&upper), None)
         }
         "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            DataType::Timestamp(timestamp_unit(&upper), Some("UTC".into()))
         }
         "TIME" => DataType::Time64(TimeUnit::Microsecond),
         "TINYINT" => DataType::Int8,
@@ -73,6 +74,21 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         _ => DataType::Float64,
     };
     Some(data_type)
+}
+
+/// The unit of a timestamp type from its fractional-second precision, as SQL writes it
+/// (`TIMESTAMP(3)`: milliseconds); microseconds when none is given.
+fn timestamp_unit(declared: &str) -> TimeUnit {
+    let precision = declared
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split(')').next())
+        .and_then(|digits| digits.trim().parse::<u32>().ok());
+    match precision {
+        Some(0) => TimeUnit::Second,
+        Some(1..=3) => TimeUnit::Millisecond,
+        Some(7..) => TimeUnit::Nanosecond,
+        _ => TimeUnit::Microsecond,
+    }
 }
 
 /// The SQLite storage classes seen in a column with no declared type.
@@ -115,6 +131,12 @@ impl ObservedClasses {
 
 /// The declared type Quiver creates a column with for an Arrow type (bulk ingest, DDL).
 pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
+    let precision = |unit: &TimeUnit| match unit {
+        TimeUnit::Second => "(0)",
+        TimeUnit::Millisecond => "(3)",
+        TimeUnit::Microsecond => "",
+        TimeUnit::Nanosecond => "(9)",
+    };
     Some(match data_type {
         DataType::Boolean => "BOOLEAN",
         DataType::Int8 => "TINYINT",
@@ -133,8 +155,18 @@ pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
         | DataType::BinaryView
         | DataType::FixedSizeBinary(_) => "BLOB",
         DataType::Date32 | DataType::Date64 => "DATE",
-        DataType::Timestamp(_, None) => "TIMESTAMP",
-        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ",
+        DataType::Timestamp(unit, None) => match precision(unit) {
+            "(0)" => "TIMESTAMP(0)",
+            "(3)" => "TIMESTAMP(3)",
+            "(9)" => "TIMESTAMP(9)",
+            _ => "TIMESTAMP",
+        },
+        DataType::Timestamp(unit, Some(_)) => match precision(unit) {
+            "(0)" => "TIMESTAMPTZ(0)",
+            "(3)" => "TIMESTAMPTZ(3)",
+            "(9)" => "TIMESTAMPTZ(9)",
+            _ => "TIMESTAMPTZ",
+        },
         DataType::Time32(_) | DataType::Time64(_) => "TIME",
         _ => return None,
     })
@@ -179,7 +211,43 @@ mod tests {
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             ),
             ("TIME", DataType::Time64(TimeUnit::Microsecond)),
+            ("TIMESTAMP(0)", DataType::Timestamp(TimeUnit::Second, None)),
+            (
+                "timestamp(3)",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+            ),
+            (
+                "DATETIME(6)",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+            ),
+            (
+                "TIMESTAMP(9)",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+            ),
+            (
+                "TIMESTAMPTZ(3)",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ),
         ];
+        for (arrow, _) in [
+            (DataType::Timestamp(TimeUnit::Second, None), ()),
+            (
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                (),
+            ),
+            (DataType::Int16, ()),
+            (DataType::Float32, ()),
+        ] {
+            let declared = declared_type_for_arrow(&arrow).unwrap();
+            let back = arrow_type_for_declared(declared).unwrap();
+            let expected = match &arrow {
+                DataType::Timestamp(unit, Some(_)) => {
+                    DataType::Timestamp(*unit, Some("UTC".into()))
+                }
+                other => other.clone(),
+            };
+            assert_eq!(back, expected, "{declared}");
+        }
         for (declared, expected) in cases {
             assert_eq!(
                 arrow_type_for_declared(declared),
