@@ -294,3 +294,30 @@ def test_timestamps_keep_their_unit(writable_server, writer, store):
     if writable_server.kind == "sqlite":
         assert table.schema.remove_metadata() == data.schema, table.schema
     assert store.count("stamped") == 3
+
+
+def test_strings_and_bytes_of_every_arrow_form_ingest(writable_server, writer, store):
+    """Large strings and binaries, fixed-size binaries and dictionary-encoded strings
+    (pandas categoricals) ingest; large types read back as large types on SQLite,
+    fixed-size binaries as binary, dictionaries as their values."""
+    data = pa.table(
+        {
+            "n": pa.array([1, 2, 3], pa.int64()),
+            "big_text": pa.array(["a", None, "ü" * 1000], pa.large_string()),
+            "big_bytes": pa.array([b"\x00\x01", b"", None], pa.large_binary()),
+            "fixed": pa.array([b"abcd", None, b"\xff\x00\xff\x00"], pa.binary(4)),
+            "category": pa.array(["red", "blue", "red"]).dictionary_encode(),
+        }
+    )
+    writer.cursor().adbc_ingest("string_forms", data, mode="create")
+    cur = writer.cursor()
+    cur.execute("SELECT n, big_text, big_bytes, fixed, category FROM string_forms ORDER BY n")
+    table = cur.fetch_arrow_table()
+    for name in data.column_names:
+        expected = data.column(name).to_pylist()
+        assert table.column(name).to_pylist() == expected, name
+    assert pa.types.is_string(table.schema.field("category").type)
+    if writable_server.kind == "sqlite":
+        assert table.schema.field("big_text").type == pa.large_string()
+        assert table.schema.field("big_bytes").type == pa.large_binary()
+    assert store.rows("SELECT category FROM string_forms ORDER BY n") == [("red",), ("blue",), ("red",)]

@@ -237,6 +237,7 @@ pub fn cell_at<'a>(column: &'a ArrayRef, row: usize, column_name: &str) -> Resul
         DataType::Binary => Cell::Blob(column.as_binary::<i32>().value(row)),
         DataType::LargeBinary => Cell::Blob(column.as_binary::<i64>().value(row)),
         DataType::BinaryView => Cell::Blob(column.as_binary_view().value(row)),
+        DataType::FixedSizeBinary(_) => Cell::Blob(column.as_fixed_size_binary().value(row)),
         DataType::Date32 => Cell::Date(column.as_primitive::<Date32Type>().value(row)),
         DataType::Date64 => {
             let millis = column.as_primitive::<Date64Type>().value(row);

@@ -4,7 +4,7 @@
 //! one transaction: memory stays bounded by one message, however large the ingest.
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema};
 use arrow_flight::sql::{
     CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
 };
@@ -35,6 +35,9 @@ impl Writer {
                 "temporary tables are not supported for ingest".to_owned(),
             ));
         }
+        // Dictionary-encoded columns (pandas categoricals) are stored as their values.
+        let stored = stored_schema(schema);
+        let schema = &stored;
         let store = self.engine.store();
         let dialect = store.dialect();
         let schema_name = command
@@ -125,6 +128,7 @@ impl Writer {
                         batch.num_columns()
                     )));
                 }
+                let batch = as_stored(&batch, &stored)?;
                 let mut offset = 0;
                 while offset < batch.num_rows() {
                     let length = INGEST_SLICE_ROWS.min(batch.num_rows() - offset);
@@ -166,6 +170,49 @@ fn check_append(table: &quiver_storage::TableInfo, schema: &Schema) -> Result<()
         quiver_storage::value::shorten(&table.name),
         quoted(&mut table.columns.iter().map(|c| c.name.as_str()))
     )))
+}
+
+/// `schema` as it is stored: dictionary-encoded columns as their value type.
+fn stored_schema(schema: &Schema) -> Schema {
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|field| match field.data_type() {
+            DataType::Dictionary(_, values) => {
+                field.as_ref().clone().with_data_type(*values.clone())
+            }
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// `batch` with its dictionary-encoded columns decoded, as `stored` says.
+fn as_stored(batch: &RecordBatch, stored: &Schema) -> Result<RecordBatch> {
+    if batch
+        .columns()
+        .iter()
+        .all(|c| !matches!(c.data_type(), DataType::Dictionary(..)))
+    {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(stored.fields())
+        .map(|(column, field)| match column.data_type() {
+            DataType::Dictionary(..) => arrow::compute::cast(column, field.data_type()),
+            _ => Ok(std::sync::Arc::clone(column)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| {
+            Error::InvalidRequest(format!("cannot decode a dictionary column: {err}"))
+        })?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(std::sync::Arc::new(stored.clone()), columns, &options)
+        .map_err(|err| {
+            Error::InvalidRequest(format!("an ingest batch does not match its schema: {err}"))
+        })
 }
 
 /// `CREATE TABLE` for an Arrow schema in the store's types.

@@ -128,7 +128,10 @@ pub fn declared_type_for(data_type: &DataType) -> Option<String> {
         DataType::Float64 => "double precision".to_owned(),
         DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("numeric({p}, {s})"),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_owned(),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".to_owned(),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "bytea".to_owned(),
         DataType::Date32 | DataType::Date64 => "date".to_owned(),
         DataType::Time32(_) | DataType::Time64(_) => "time".to_owned(),
         DataType::Timestamp(_, None) => "timestamp".to_owned(),

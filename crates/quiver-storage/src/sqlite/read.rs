@@ -80,8 +80,8 @@ impl ReadType {
             DataType::UInt32 => ReadType::UInt32,
             DataType::Float32 => ReadType::Float32,
             DataType::Float64 => ReadType::Float64,
-            DataType::Utf8 => ReadType::Utf8,
-            DataType::Binary => ReadType::Binary,
+            DataType::Utf8 | DataType::LargeUtf8 => ReadType::Utf8,
+            DataType::Binary | DataType::LargeBinary => ReadType::Binary,
             DataType::Date32 => ReadType::Date32,
             DataType::Timestamp(_, _) => ReadType::Timestamp,
             DataType::Time64(TimeUnit::Microsecond) => ReadType::Time64,
@@ -296,6 +296,8 @@ impl ColumnReader {
                 Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))
             }
             _ if read_type.integer_range().is_some() => Some(DataType::Int64),
+            (_, DataType::LargeUtf8) => Some(DataType::Utf8),
+            (_, DataType::LargeBinary) => Some(DataType::Binary),
             _ => None,
         };
         if let Some(wide) = wide {

@@ -16,6 +16,7 @@
 //! | `MEDIUMINT`, `INT4`, `INT32`                     | `Int32`                       |
 //! | `UINT8`, `UINT16`, `UINT32`                      | `UInt8`, `UInt16`, `UInt32`   |
 //! | `FLOAT4`                                         | `Float32`                     |
+//! | `LONGTEXT`, `LONGBLOB`                           | `LargeUtf8`, `LargeBinary`    |
 //! | contains `INT` (SQLite's INTEGER affinity)       | `Int64`                       |
 //! | contains `CHAR`, `CLOB`, `TEXT`                  | `Utf8`                        |
 //! | contains `BLOB`, `BINARY` (`VARBINARY(n)`), `BYTEA` | `Binary`                    |
@@ -61,6 +62,8 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         "UINT16" => DataType::UInt16,
         "UINT32" => DataType::UInt32,
         "FLOAT4" => DataType::Float32,
+        "LONGTEXT" => DataType::LargeUtf8,
+        "LONGBLOB" => DataType::LargeBinary,
         _ if upper.contains("INT") => DataType::Int64,
         _ if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") => {
             DataType::Utf8
@@ -149,11 +152,10 @@ pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
         DataType::Float16 | DataType::Float32 => "FLOAT4",
         DataType::Float64 => "REAL",
         DataType::Decimal128(_, _) | DataType::Decimal256(_, _) | DataType::UInt64 => "NUMERIC",
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT",
-        DataType::Binary
-        | DataType::LargeBinary
-        | DataType::BinaryView
-        | DataType::FixedSizeBinary(_) => "BLOB",
+        DataType::Utf8 | DataType::Utf8View => "TEXT",
+        DataType::LargeUtf8 => "LONGTEXT",
+        DataType::Binary | DataType::BinaryView | DataType::FixedSizeBinary(_) => "BLOB",
+        DataType::LargeBinary => "LONGBLOB",
         DataType::Date32 | DataType::Date64 => "DATE",
         DataType::Timestamp(unit, None) => match precision(unit) {
             "(0)" => "TIMESTAMP(0)",
@@ -237,6 +239,8 @@ mod tests {
             ),
             (DataType::Int16, ()),
             (DataType::Float32, ()),
+            (DataType::LargeUtf8, ()),
+            (DataType::LargeBinary, ()),
         ] {
             let declared = declared_type_for_arrow(&arrow).unwrap();
             let back = arrow_type_for_declared(declared).unwrap();
