@@ -321,3 +321,39 @@ def test_strings_and_bytes_of_every_arrow_form_ingest(writable_server, writer, s
         assert table.schema.field("big_text").type == pa.large_string()
         assert table.schema.field("big_bytes").type == pa.large_binary()
     assert store.rows("SELECT category FROM string_forms ORDER BY n") == [("red",), ("blue",), ("red",)]
+
+
+def test_decimals_round_trip_exactly(writable_server, writer, store):
+    """Decimal128 through ingest and back: every digit, the same precision and scale
+    (SQLite keeps ingested decimals as text; PostgreSQL as numeric(p, s))."""
+    from decimal import Decimal
+
+    values = [Decimal("12345678901234567890.1234567891"), Decimal("-0.0000000001"), Decimal("0"), None]
+    data = pa.table({"n": pa.array([1, 2, 3, 4], pa.int64()), "amount": pa.array(values, pa.decimal128(38, 10))})
+    writer.cursor().adbc_ingest("exact_amounts", data, mode="create")
+    cur = writer.cursor()
+    cur.execute("SELECT n, amount FROM exact_amounts ORDER BY n")
+    table = cur.fetch_arrow_table()
+    assert table.schema.field("amount").type == pa.decimal128(38, 10)
+    assert table.column("amount").to_pylist() == values
+    # Compared in the engine: the value is exact.
+    cur.execute("SELECT n FROM exact_amounts WHERE amount > 12345678901234567890.1234567890")
+    assert cur.fetchall() == [(1,)]
+
+
+def test_a_declared_decimal_reads_as_decimal(writable_server, writer, store):
+    from decimal import Decimal
+
+    writer.cursor().execute("CREATE TABLE priced (id BIGINT PRIMARY KEY, price DECIMAL(10, 2))")
+    writer.cursor().execute("INSERT INTO priced (id, price) VALUES (1, 19.99), (2, -0.5), (3, NULL)")
+    cur = writer.cursor()
+    cur.execute("SELECT price FROM priced ORDER BY id")
+    table = cur.fetch_arrow_table()
+    assert table.schema.field("price").type == pa.decimal128(10, 2)
+    assert table.column("price").to_pylist() == [Decimal("19.99"), Decimal("-0.50"), None]
+    if writable_server.kind == "sqlite":
+        # More digits than the column holds: refused, nothing changes.
+        with pytest.raises(Exception) as raised:
+            writer.cursor().execute("INSERT INTO priced (id, price) VALUES (4, 123456789012)")
+        assert "INVALID_ARGUMENT" in str(raised.value), str(raised.value)
+    assert store.count("priced") == 3

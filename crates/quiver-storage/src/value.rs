@@ -305,9 +305,92 @@ pub fn format_decimal(value: i128, scale: i8) -> String {
     format!("{sign}{whole}.{fraction}")
 }
 
+/// Decimal text (`-12.345`, `1e3`, ` 7 `) as an integer scaled by `10^scale`, rounded
+/// half away from zero at the scale; `None` when it is not a number or has more than
+/// `precision` digits.
+pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
+    let text = text.trim();
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let (negative, mantissa) = match mantissa.as_bytes().first()? {
+        b'-' => (true, &mantissa[1..]),
+        b'+' => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    // digits × 10^(exponent − fraction length) = the value; shifted to the scale.
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    let shift = exponent
+        .checked_sub(i32::try_from(fraction.len()).ok()?)?
+        .checked_add(i32::from(scale))?;
+    let limit = 10i128.checked_pow(u32::from(precision))?;
+    let mut value: i128 = 0;
+    let (kept, dropped) = if shift >= 0 {
+        (digits, "")
+    } else {
+        let cut = digits.len().saturating_sub(usize::try_from(-shift).ok()?);
+        digits.split_at(cut)
+    };
+    for digit in kept.bytes() {
+        value = value
+            .checked_mul(10)?
+            .checked_add(i128::from(digit - b'0'))?;
+        if value >= limit {
+            return None;
+        }
+    }
+    if shift > 0 {
+        value = value.checked_mul(10i128.checked_pow(u32::try_from(shift).ok()?)?)?;
+    }
+    // The first dropped digit rounds, when all of them were dropped at one place.
+    let drops_whole = shift < 0 && usize::try_from(-shift).ok()? > digits.len();
+    if !drops_whole && dropped.as_bytes().first().is_some_and(|d| *d >= b'5') {
+        value = value.checked_add(1)?;
+    }
+    if value >= limit {
+        return None;
+    }
+    Some(if negative { -value } else { value })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_text_parses_at_its_scale() {
+        assert_eq!(parse_decimal("12.34", 10, 2), Some(1234));
+        assert_eq!(parse_decimal("-0.005", 10, 2), Some(-1));
+        assert_eq!(parse_decimal("0.004", 10, 2), Some(0));
+        assert_eq!(parse_decimal("1e3", 10, 2), Some(100_000));
+        assert_eq!(parse_decimal("1.5E-1", 10, 2), Some(15));
+        assert_eq!(parse_decimal(" 7 ", 3, 0), Some(7));
+        assert_eq!(
+            parse_decimal("12345678901234567890.12", 38, 2),
+            Some(1_234_567_890_123_456_789_012)
+        );
+        assert_eq!(parse_decimal("1000", 3, 0), None);
+        assert_eq!(parse_decimal("999.995", 5, 2), None);
+        assert_eq!(parse_decimal("0.00001", 3, 2), Some(0));
+        assert_eq!(parse_decimal("abc", 10, 2), None);
+        assert_eq!(parse_decimal("", 10, 2), None);
+        assert_eq!(parse_decimal(".", 10, 2), None);
+        assert_eq!(parse_decimal("1e999999", 38, 2), None);
+        for value in [-1_234_567_i128, 0, 5, 99_999] {
+            assert_eq!(parse_decimal(&format_decimal(value, 3), 38, 3), Some(value));
+        }
+    }
 
     #[test]
     fn placeholders_follow_the_dialect() {

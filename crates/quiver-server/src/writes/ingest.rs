@@ -229,7 +229,6 @@ fn create_table_sql(target: &str, schema: &Schema, dialect: Dialect) -> Result<S
             let declared = match dialect {
                 Dialect::Sqlite => {
                     quiver_storage::sqlite::types::declared_type_for_arrow(field.data_type())
-                        .map(str::to_owned)
                 }
                 Dialect::Postgres => {
                     quiver_storage::postgres::types::declared_type_for(field.data_type())

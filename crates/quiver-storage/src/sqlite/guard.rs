@@ -255,7 +255,7 @@ pub(crate) fn check_triggers_sql(table: &TableInfo) -> String {
                 format!(
                     "{}, {}, NEW.{}",
                     text(&column.name),
-                    text(read_type.tag()),
+                    text(&read_type.tag()),
                     quote(&column.name)
                 )
             })

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
-    RecordBatch, RecordBatchOptions, StringBuilder, Time64MicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder,
+    Int64Builder, RecordBatch, RecordBatchOptions, StringBuilder, Time64MicrosecondBuilder,
     TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -59,6 +59,8 @@ pub(crate) enum ReadType {
     UInt32,
     Float32,
     Float64,
+    /// `Decimal128(precision, scale)`.
+    Decimal(u8, i8),
     Utf8,
     Binary,
     Date32,
@@ -80,6 +82,7 @@ impl ReadType {
             DataType::UInt32 => ReadType::UInt32,
             DataType::Float32 => ReadType::Float32,
             DataType::Float64 => ReadType::Float64,
+            DataType::Decimal128(precision, scale) => ReadType::Decimal(*precision, *scale),
             DataType::Utf8 | DataType::LargeUtf8 => ReadType::Utf8,
             DataType::Binary | DataType::LargeBinary => ReadType::Binary,
             DataType::Date32 => ReadType::Date32,
@@ -103,7 +106,10 @@ impl ReadType {
     }
 
     /// A short tag naming the type in SQL text (the writer's value checks).
-    pub(crate) fn tag(self) -> &'static str {
+    pub(crate) fn tag(self) -> String {
+        if let ReadType::Decimal(precision, scale) = self {
+            return format!("dec:{precision}:{scale}");
+        }
         match self {
             ReadType::Boolean => "bool",
             ReadType::Int8 => "i8",
@@ -120,11 +126,20 @@ impl ReadType {
             ReadType::Date32 => "date",
             ReadType::Timestamp => "ts",
             ReadType::Time64 => "time",
+            ReadType::Decimal(..) => "dec",
         }
+        .to_owned()
     }
 
     /// The read type a [`ReadType::tag`] names.
     pub(crate) fn from_tag(tag: &str) -> Option<Self> {
+        if let Some(parameters) = tag.strip_prefix("dec:") {
+            let (precision, scale) = parameters.split_once(':')?;
+            return Some(ReadType::Decimal(
+                precision.parse().ok()?,
+                scale.parse().ok()?,
+            ));
+        }
         [
             ReadType::Boolean,
             ReadType::Int8,
@@ -164,6 +179,7 @@ impl ReadType {
             ReadType::Date32 => "Date32",
             ReadType::Timestamp => "Timestamp(µs)",
             ReadType::Time64 => "Time64(µs)",
+            ReadType::Decimal(..) => "Decimal128",
         }
     }
 
@@ -181,6 +197,18 @@ impl ReadType {
                 Cell::Int(v) if (low..=high).contains(&v) => Some(Cell::Int(v)),
                 _ => None,
             };
+        }
+        if let ReadType::Decimal(precision, scale) = self {
+            let scaled = match value {
+                ValueRef::Integer(v) => scaled_decimal(&v.to_string(), precision, scale),
+                // The shortest text that reads back as the same double.
+                ValueRef::Real(v) if v.is_finite() => {
+                    scaled_decimal(&format!("{v:e}"), precision, scale)
+                }
+                ValueRef::Text(t) => scaled_decimal(text(t)?, precision, scale),
+                _ => None,
+            };
+            return scaled.map(Cell::Decimal);
         }
         if self == ReadType::Float32 {
             return match ReadType::Float64.decode(value)? {
@@ -236,6 +264,8 @@ impl ReadType {
 /// One stored value as its column's Arrow type sees it.
 pub(crate) enum Cell<'a> {
     Null,
+    /// A decimal scaled by its column's scale.
+    Decimal(i128),
     Bool(bool),
     Int(i64),
     Day(i32),
@@ -253,6 +283,7 @@ enum ColumnReader {
     /// finished.
     Narrow(ReadType, DataType, Box<ColumnReader>),
     Float64(Float64Builder),
+    Decimal(ReadType, Decimal128Builder),
     Utf8(StringBuilder),
     Binary(BinaryBuilder),
     Date32(Date32Builder),
@@ -276,6 +307,11 @@ pub(crate) fn describe(value: ValueRef<'_>) -> String {
         }
         ValueRef::Blob(v) => format!("BLOB of {} bytes", v.len()),
     }
+}
+
+/// Decimal text at `scale`, within `precision` digits.
+fn scaled_decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
+    crate::value::parse_decimal(text, precision, scale)
 }
 
 fn text(bytes: &[u8]) -> Option<&str> {
@@ -324,6 +360,11 @@ impl ColumnReader {
             (ReadType::Float64 | ReadType::Float32, _) => {
                 ColumnReader::Float64(Float64Builder::with_capacity(capacity))
             }
+            (ReadType::Decimal(precision, scale), _) => ColumnReader::Decimal(
+                read_type,
+                Decimal128Builder::with_capacity(capacity)
+                    .with_precision_and_scale(precision, scale)?,
+            ),
             (ReadType::Utf8, _) => {
                 ColumnReader::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
             }
@@ -350,6 +391,7 @@ impl ColumnReader {
             ColumnReader::Int64(_) => ReadType::Int64,
             ColumnReader::Narrow(read_type, ..) => *read_type,
             ColumnReader::Float64(_) => ReadType::Float64,
+            ColumnReader::Decimal(read_type, _) => *read_type,
             ColumnReader::Utf8(_) => ReadType::Utf8,
             ColumnReader::Binary(_) => ReadType::Binary,
             ColumnReader::Date32(_) => ReadType::Date32,
@@ -373,6 +415,8 @@ impl ColumnReader {
             (ColumnReader::Boolean(b), Cell::Null) => b.append_null(),
             (ColumnReader::Int64(b), Cell::Null) => b.append_null(),
             (ColumnReader::Float64(b), Cell::Null) => b.append_null(),
+            (ColumnReader::Decimal(_, b), Cell::Null) => b.append_null(),
+            (ColumnReader::Decimal(_, b), Cell::Decimal(v)) => b.append_value(v),
             (ColumnReader::Utf8(b), Cell::Null) => b.append_null(),
             (ColumnReader::Binary(b), Cell::Null) => b.append_null(),
             (ColumnReader::Date32(b), Cell::Null) => b.append_null(),
@@ -405,6 +449,7 @@ impl ColumnReader {
             ColumnReader::Boolean(b) => Arc::new(b.finish()),
             ColumnReader::Int64(b) => Arc::new(b.finish()),
             ColumnReader::Float64(b) => Arc::new(b.finish()),
+            ColumnReader::Decimal(_, b) => Arc::new(b.finish()),
             ColumnReader::Utf8(b) => Arc::new(b.finish()),
             ColumnReader::Binary(b) => Arc::new(b.finish()),
             ColumnReader::Date32(b) => Arc::new(b.finish()),

@@ -21,13 +21,21 @@
 //! | contains `CHAR`, `CLOB`, `TEXT`                  | `Utf8`                        |
 //! | contains `BLOB`, `BINARY` (`VARBINARY(n)`), `BYTEA` | `Binary`                    |
 //! | contains `REAL`, `FLOA`, `DOUB`                  | `Float64`                     |
-//! | anything else (`NUMERIC`, `DECIMAL(p,s)`, …)     | `Float64` (NUMERIC affinity)  |
+//! | `DECIMAL(p,s)`, `NUMERIC(p,s)`, `NUMERIC(p)`, p ≤ 38 | `Decimal128(p,s)`         |
+//! | `DECIMAL_TEXT(p,s)` (made by ingest: TEXT affinity) | `Decimal128(p,s)`         |
+//! | anything else (`NUMERIC`, `DECIMAL`, …)          | `Float64` (NUMERIC affinity)  |
 //! | no declared type (view expressions)              | inferred from stored values   |
 //!
 //! The narrow types have SQLite's INTEGER (or REAL) affinity; a value outside the
 //! type's range is refused when written through Quiver and fails the read otherwise.
 //! Bulk ingest creates columns with these names, so an `Int16` column reads back as
 //! `Int16`.
+//!
+//! A `DECIMAL(p,s)` column declared by hand has NUMERIC affinity: SQLite keeps its
+//! values as INTEGER or REAL, exact to about 15 significant digits; they are read at
+//! the column's scale (rounded half away from zero). Ingest declares `DECIMAL_TEXT`,
+//! whose TEXT affinity keeps every digit, so `Decimal128` round-trips exactly; its
+//! values are never compared in the store (text order is not numeric order).
 //!
 //! NUMERIC affinity stores values as 8-byte INTEGER or REAL, so `Float64` loses
 //! nothing SQLite kept except integers beyond 2^53. Date and time columns accept the
@@ -62,6 +70,10 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         "UINT16" => DataType::UInt16,
         "UINT32" => DataType::UInt32,
         "FLOAT4" => DataType::Float32,
+        "DECIMAL" | "NUMERIC" | "DECIMAL_TEXT" if decimal_of(&upper).is_some() => {
+            let (precision, scale) = decimal_of(&upper)?;
+            DataType::Decimal128(precision, scale)
+        }
         "LONGTEXT" => DataType::LargeUtf8,
         "LONGBLOB" => DataType::LargeBinary,
         _ if upper.contains("INT") => DataType::Int64,
@@ -92,6 +104,19 @@ fn timestamp_unit(declared: &str) -> TimeUnit {
         Some(7..) => TimeUnit::Nanosecond,
         _ => TimeUnit::Microsecond,
     }
+}
+
+/// The precision and scale of `DECIMAL(p, s)` / `NUMERIC(p)`, when Arrow's
+/// `Decimal128` holds them (1 ≤ p ≤ 38, 0 ≤ s ≤ p).
+fn decimal_of(declared: &str) -> Option<(u8, i8)> {
+    let (_, rest) = declared.split_once('(')?;
+    let inner = rest.split(')').next()?;
+    let (precision, scale) = match inner.split_once(',') {
+        Some((p, s)) => (p.trim().parse::<u8>().ok()?, s.trim().parse::<i8>().ok()?),
+        None => (inner.trim().parse::<u8>().ok()?, 0),
+    };
+    ((1..=38).contains(&precision) && (0..=precision as i8).contains(&scale))
+        .then_some((precision, scale))
 }
 
 /// The SQLite storage classes seen in a column with no declared type.
@@ -133,7 +158,18 @@ impl ObservedClasses {
 }
 
 /// The declared type Quiver creates a column with for an Arrow type (bulk ingest, DDL).
-pub fn declared_type_for_arrow(data_type: &DataType) -> Option<&'static str> {
+pub fn declared_type_for_arrow(data_type: &DataType) -> Option<String> {
+    if let DataType::Decimal128(precision, scale) = data_type
+        && (0..=*precision as i8).contains(scale)
+    {
+        // TEXT affinity keeps every digit (NUMERIC affinity would store a REAL).
+        return Some(format!("DECIMAL_TEXT({precision}, {scale})"));
+    }
+    declared_name_for_arrow(data_type).map(str::to_owned)
+}
+
+/// The declared type name of an Arrow type without parameters.
+fn declared_name_for_arrow(data_type: &DataType) -> Option<&'static str> {
     let precision = |unit: &TimeUnit| match unit {
         TimeUnit::Second => "(0)",
         TimeUnit::Millisecond => "(3)",
@@ -200,7 +236,10 @@ mod tests {
             ("DOUBLE PRECISION", DataType::Float64),
             ("FLOAT", DataType::Float64),
             ("NUMERIC", DataType::Float64),
-            ("DECIMAL(10,5)", DataType::Float64),
+            ("DECIMAL(10,5)", DataType::Decimal128(10, 5)),
+            ("numeric(12)", DataType::Decimal128(12, 0)),
+            ("DECIMAL_TEXT(38, 10)", DataType::Decimal128(38, 10)),
+            ("DECIMAL(60,2)", DataType::Float64),
             ("BOOLEAN", DataType::Boolean),
             ("DATE", DataType::Date32),
             ("DATETIME", DataType::Timestamp(TimeUnit::Microsecond, None)),
@@ -241,9 +280,11 @@ mod tests {
             (DataType::Float32, ()),
             (DataType::LargeUtf8, ()),
             (DataType::LargeBinary, ()),
+            (DataType::Decimal128(38, 10), ()),
+            (DataType::Decimal128(5, 0), ()),
         ] {
             let declared = declared_type_for_arrow(&arrow).unwrap();
-            let back = arrow_type_for_declared(declared).unwrap();
+            let back = arrow_type_for_declared(&declared).unwrap();
             let expected = match &arrow {
                 DataType::Timestamp(unit, Some(_)) => {
                     DataType::Timestamp(*unit, Some("UTC".into()))
