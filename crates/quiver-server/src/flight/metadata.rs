@@ -91,46 +91,68 @@ fn type_info(
     subcode: Option<XdbcDatetimeSubcode>,
     quote: bool,
 ) -> XdbcTypeInfo {
-    let numeric = matches!(
+    use XdbcDataType as T;
+    let decimal_radix = matches!(
         data_type,
-        XdbcDataType::XdbcBigint | XdbcDataType::XdbcDouble
+        T::XdbcSmallint | T::XdbcInteger | T::XdbcBigint | T::XdbcDecimal
     );
+    let numeric = decimal_radix || matches!(data_type, T::XdbcReal | T::XdbcDouble);
     XdbcTypeInfo {
         type_name: name.to_owned(),
         data_type,
         column_size: None,
         literal_prefix: quote.then(|| "'".to_owned()),
         literal_suffix: quote.then(|| "'".to_owned()),
-        create_params: None,
+        create_params: (data_type == T::XdbcDecimal)
+            .then(|| vec!["precision".to_owned(), "scale".to_owned()]),
         nullable: Nullable::NullabilityNullable,
         case_sensitive: matches!(data_type, XdbcDataType::XdbcVarchar),
         searchable: Searchable::Full,
         unsigned_attribute: numeric.then_some(false),
-        fixed_prec_scale: false,
+        fixed_prec_scale: data_type == T::XdbcDecimal,
         auto_increment: numeric.then_some(false),
         local_type_name: Some(name.to_owned()),
         minimum_scale: None,
         maximum_scale: None,
         sql_data_type,
         datetime_subcode: subcode,
-        num_prec_radix: numeric.then_some(if data_type == XdbcDataType::XdbcBigint {
-            10
-        } else {
-            2
-        }),
+        num_prec_radix: numeric.then_some(if decimal_radix { 10 } else { 2 }),
         interval_precision: None,
     }
 }
 
-/// The SQL types results can carry, answered to `GetXdbcTypeInfo`.
+/// The SQL types results can carry and DDL may declare on either store, answered to
+/// `GetXdbcTypeInfo` (each reads back as the Arrow type the README lists).
 pub static XDBC_TYPE_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
     use XdbcDataType as T;
     let mut builder = XdbcTypeInfoDataBuilder::new();
     builder.append(type_info("BOOLEAN", T::XdbcBit, T::XdbcBit, None, false));
     builder.append(type_info(
+        "SMALLINT",
+        T::XdbcSmallint,
+        T::XdbcSmallint,
+        None,
+        false,
+    ));
+    builder.append(type_info(
+        "INTEGER",
+        T::XdbcInteger,
+        T::XdbcInteger,
+        None,
+        false,
+    ));
+    builder.append(type_info(
         "BIGINT",
         T::XdbcBigint,
         T::XdbcBigint,
+        None,
+        false,
+    ));
+    builder.append(type_info("REAL", T::XdbcReal, T::XdbcReal, None, false));
+    builder.append(type_info(
+        "DECIMAL",
+        T::XdbcDecimal,
+        T::XdbcDecimal,
         None,
         false,
     ));

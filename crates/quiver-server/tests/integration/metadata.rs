@@ -183,7 +183,17 @@ async fn sql_info_is_truthful_and_type_info_is_listed() {
         .iter()
         .map(|v| v.unwrap())
         .collect();
-    for expected in ["BIGINT", "DOUBLE", "VARCHAR", "TIMESTAMP", "BOOLEAN"] {
+    for expected in [
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "REAL",
+        "DECIMAL",
+        "DOUBLE",
+        "VARCHAR",
+        "TIMESTAMP",
+        "BOOLEAN",
+    ] {
         assert!(names.contains(&expected), "{names:?}");
     }
     // The answer lists the server name and says it is read-only, with no transactions.
