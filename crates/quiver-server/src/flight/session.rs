@@ -2,8 +2,9 @@
 //!
 //! ADBC reads and sets the current catalog and schema through these actions. Quiver
 //! keeps no session state (any replica serves any call), so the options reflect the
-//! server's fixed defaults: setting them to those values succeeds, any other value is
-//! refused per option with `INVALID_VALUE`, and unknown names with `INVALID_NAME`.
+//! server's fixed defaults: setting them to those values succeeds, a catalog or
+//! schema that does not exist is `NOT_FOUND`, any other value is refused per option
+//! with `INVALID_VALUE`, and unknown names with `INVALID_NAME`.
 //! The messages are those of `Flight.proto`, which arrow-flight does not generate.
 
 use std::collections::HashMap;
