@@ -106,10 +106,15 @@ impl ReadType {
     }
 
     /// A short tag naming the type in SQL text (the writer's value checks).
-    pub(crate) fn tag(self) -> String {
-        if let ReadType::Decimal(precision, scale) = self {
-            return format!("dec:{precision}:{scale}");
+    pub(crate) fn tag(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ReadType::Decimal(precision, scale) => format!("dec:{precision}:{scale}").into(),
+            simple => simple.simple_tag().into(),
         }
+    }
+
+    /// The tag of a type without parameters.
+    fn simple_tag(self) -> &'static str {
         match self {
             ReadType::Boolean => "bool",
             ReadType::Int8 => "i8",
@@ -128,10 +133,10 @@ impl ReadType {
             ReadType::Time64 => "time",
             ReadType::Decimal(..) => "dec",
         }
-        .to_owned()
     }
 
-    /// The read type a [`ReadType::tag`] names.
+    /// The read type a [`ReadType::tag`] names (run for every value a client writes:
+    /// no allocation).
     pub(crate) fn from_tag(tag: &str) -> Option<Self> {
         if let Some(parameters) = tag.strip_prefix("dec:") {
             let (precision, scale) = parameters.split_once(':')?;
@@ -158,7 +163,7 @@ impl ReadType {
             ReadType::Time64,
         ]
         .into_iter()
-        .find(|t| t.tag() == tag)
+        .find(|t| t.simple_tag() == tag)
     }
 
     /// The Arrow type's name, for messages.
@@ -200,12 +205,14 @@ impl ReadType {
         }
         if let ReadType::Decimal(precision, scale) = self {
             let scaled = match value {
-                ValueRef::Integer(v) => scaled_decimal(&v.to_string(), precision, scale),
+                ValueRef::Integer(v) => {
+                    crate::value::parse_decimal(&v.to_string(), precision, scale)
+                }
                 // The shortest text that reads back as the same double.
                 ValueRef::Real(v) if v.is_finite() => {
-                    scaled_decimal(&format!("{v:e}"), precision, scale)
+                    crate::value::parse_decimal(&format!("{v:e}"), precision, scale)
                 }
-                ValueRef::Text(t) => scaled_decimal(text(t)?, precision, scale),
+                ValueRef::Text(t) => crate::value::parse_decimal(text(t)?, precision, scale),
                 _ => None,
             };
             return scaled.map(Cell::Decimal);
@@ -307,11 +314,6 @@ pub(crate) fn describe(value: ValueRef<'_>) -> String {
         }
         ValueRef::Blob(v) => format!("BLOB of {} bytes", v.len()),
     }
-}
-
-/// Decimal text at `scale`, within `precision` digits.
-fn scaled_decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
-    crate::value::parse_decimal(text, precision, scale)
 }
 
 fn text(bytes: &[u8]) -> Option<&str> {
