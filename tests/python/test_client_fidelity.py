@@ -357,3 +357,23 @@ def test_a_declared_decimal_reads_as_decimal(writable_server, writer, store):
             writer.cursor().execute("INSERT INTO priced (id, price) VALUES (4, 123456789012)")
         assert "INVALID_ARGUMENT" in str(raised.value), str(raised.value)
     assert store.count("priced") == 3
+
+
+def test_a_dictionary_that_decodes_huge_is_refused_before_decoding(writable_server, writer, store):
+    """Two MiB on the wire can name one 1 MiB value 200,000 times (200 GiB decoded):
+    refused with RESOURCE_EXHAUSTED, nothing written, the server still answers. A
+    dictionary without values (every key null) ingests as NULLs."""
+    big = pa.DictionaryArray.from_arrays(pa.array([0] * 200_000, pa.int32()), pa.array(["x" * (1 << 20)]))
+    data = pa.table({"n": pa.array(range(200_000), pa.int64()), "v": big})
+    with pytest.raises(Exception) as raised:
+        writer.cursor().adbc_ingest("dictionary_bomb", data, mode="create")
+    # The driver shows the gRPC code as "(ResourceExhausted; …)".
+    assert "ResourceExhausted" in str(raised.value), str(raised.value)
+    assert "dictionary_bomb" not in store.rows(
+        "SELECT name FROM sqlite_master" if writable_server.kind == "sqlite" else "SELECT tablename FROM pg_tables"
+    )
+    assert fetch(writer, "SELECT 1 AS alive") == [(1,)]
+
+    empty = pa.DictionaryArray.from_arrays(pa.array([None, None], pa.int32()), pa.array([], pa.string()))
+    writer.cursor().adbc_ingest("dictionary_empty", pa.table({"n": [1, 2], "v": empty}), mode="create")
+    assert fetch(writer, "SELECT n, v FROM dictionary_empty ORDER BY n") == [(1, None), (2, None)]

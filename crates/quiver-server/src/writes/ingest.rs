@@ -108,6 +108,7 @@ impl Writer {
         };
         let ddl = !steps.is_empty();
         let expected = schema.fields().len();
+        let decoded_limit = self.config.max_request_bytes;
         self.transact(command.transaction_id.as_ref(), owner, ddl, async move |tx| {
             for step in &steps {
                 tx.execute_script(step).await?;
@@ -128,12 +129,14 @@ impl Writer {
                         batch.num_columns()
                     )));
                 }
-                let batch = as_stored(&batch, &stored)?;
                 let mut offset = 0;
                 while offset < batch.num_rows() {
                     let length = INGEST_SLICE_ROWS.min(batch.num_rows() - offset);
+                    // Dictionaries are decoded a slice at a time, within a bound: a
+                    // small message can name one large value many times.
+                    let slice = as_stored(&batch.slice(offset, length), &stored, decoded_limit)?;
                     written += tx
-                        .bulk_insert_batch(&schema_name, &table, &columns, batch.slice(offset, length))
+                        .bulk_insert_batch(&schema_name, &table, &columns, slice)
                         .await?;
                     offset += length;
                 }
@@ -187,14 +190,23 @@ fn stored_schema(schema: &Schema) -> Schema {
     Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
-/// `batch` with its dictionary-encoded columns decoded, as `stored` says.
-fn as_stored(batch: &RecordBatch, stored: &Schema) -> Result<RecordBatch> {
+/// `batch` with its dictionary-encoded columns decoded, as `stored` says; refused
+/// before anything is decoded when the decoded values would exceed `limit` bytes.
+fn as_stored(batch: &RecordBatch, stored: &Schema, limit: usize) -> Result<RecordBatch> {
     if batch
         .columns()
         .iter()
         .all(|c| !matches!(c.data_type(), DataType::Dictionary(..)))
     {
         return Ok(batch.clone());
+    }
+    let decoded: usize = batch.columns().iter().map(decoded_bytes).sum();
+    if decoded > limit {
+        return Err(Error::ResourceExhausted(format!(
+            "dictionary-encoded columns decode to {decoded} bytes in {} rows; at most {limit} \
+             (max_mutation_size_mb) may be decoded at a time",
+            batch.num_rows()
+        )));
     }
     let columns = batch
         .columns()
@@ -213,6 +225,31 @@ fn as_stored(batch: &RecordBatch, stored: &Schema) -> Result<RecordBatch> {
         .map_err(|err| {
             Error::InvalidRequest(format!("an ingest batch does not match its schema: {err}"))
         })
+}
+
+/// The bytes of variable-length values a dictionary-encoded `column` decodes to (0
+/// for other columns, and for fixed-width values, which are bounded by the rows).
+fn decoded_bytes(column: &arrow::array::ArrayRef) -> usize {
+    use arrow::array::AsArray;
+    // Without values every key is null (and `normalized_keys` would panic).
+    let Some(dictionary) = column
+        .as_any_dictionary_opt()
+        .filter(|d| !d.values().is_empty())
+    else {
+        return 0;
+    };
+    let Ok(lengths) = arrow::compute::kernels::length::length(dictionary.values()) else {
+        return 0;
+    };
+    let Ok(lengths) = arrow::compute::cast(&lengths, &DataType::Int64) else {
+        return 0;
+    };
+    let lengths = lengths.as_primitive::<arrow::datatypes::Int64Type>();
+    dictionary
+        .normalized_keys()
+        .into_iter()
+        .map(|key| usize::try_from(lengths.value(key)).unwrap_or(0))
+        .sum()
 }
 
 /// `CREATE TABLE` for an Arrow schema in the store's types.
