@@ -328,21 +328,26 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
     {
         return None;
     }
-    // digits × 10^(exponent − fraction length) = the value; shifted to the scale.
-    let digits = format!("{whole}{fraction}");
-    let digits = digits.trim_start_matches('0');
+    // digits × 10^(exponent − fraction length) = the value; shifted to the scale,
+    // the last `dropped` significant digits fall below it.
+    let significant = || {
+        whole
+            .bytes()
+            .chain(fraction.bytes())
+            .skip_while(|b| *b == b'0')
+    };
+    let count = significant().count();
     let shift = exponent
         .checked_sub(i32::try_from(fraction.len()).ok()?)?
         .checked_add(i32::from(scale))?;
+    let dropped = if shift < 0 {
+        usize::try_from(-shift).ok()?
+    } else {
+        0
+    };
     let limit = 10i128.checked_pow(u32::from(precision))?;
     let mut value: i128 = 0;
-    let (kept, dropped) = if shift >= 0 {
-        (digits, "")
-    } else {
-        let cut = digits.len().saturating_sub(usize::try_from(-shift).ok()?);
-        digits.split_at(cut)
-    };
-    for digit in kept.bytes() {
+    for digit in significant().take(count.saturating_sub(dropped)) {
         value = value
             .checked_mul(10)?
             .checked_add(i128::from(digit - b'0'))?;
@@ -353,9 +358,13 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
     if shift > 0 {
         value = value.checked_mul(10i128.checked_pow(u32::try_from(shift).ok()?)?)?;
     }
-    // The first dropped digit rounds, when all of them were dropped at one place.
-    let drops_whole = shift < 0 && usize::try_from(-shift).ok()? > digits.len();
-    if !drops_whole && dropped.as_bytes().first().is_some_and(|d| *d >= b'5') {
+    // Half away from zero, on the first dropped digit (an implied zero when every
+    // significant digit falls further below the scale).
+    let rounding = (1..=count)
+        .contains(&dropped)
+        .then(|| significant().nth(count - dropped))
+        .flatten();
+    if rounding.is_some_and(|digit| digit >= b'5') {
         value = value.checked_add(1)?;
     }
     if value >= limit {
