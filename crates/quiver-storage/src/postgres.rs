@@ -481,6 +481,17 @@ fn copy_text<'a>(cell: &'a Cell<'a>) -> Option<std::borrow::Cow<'a, str>> {
         }
         Cell::Date(days) => Cow::Owned(crate::time::format_date(*days)),
         Cell::Timestamp(micros) => Cow::Owned(crate::time::format_timestamp_micros(*micros)),
+        // PostgreSQL keeps microseconds: what is below them is dropped, as the binary
+        // encoding does (PostgreSQL would round text).
+        Cell::TimestampNanos(nanos) => Cow::Owned(crate::time::format_timestamp_micros(
+            nanos.div_euclid(1_000),
+        )),
+        Cell::Time(nanos) => Cow::Owned(crate::time::format_time_nanos(nanos - nanos % 1_000)),
+        // Checked to fit an interval before it is written (`check_storable`).
+        Cell::Duration(count, unit) => Cow::Owned(format!(
+            "{} microseconds",
+            crate::value::duration_micros(*count, *unit)?
+        )),
     })
 }
 

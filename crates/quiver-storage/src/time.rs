@@ -6,6 +6,7 @@
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
+const NANOS_PER_SECOND: i64 = 1_000_000_000;
 /// Julian day number of 1970-01-01T00:00:00 UTC.
 const UNIX_EPOCH_JULIAN_DAY: f64 = 2_440_587.5;
 
@@ -75,7 +76,8 @@ fn parse_date_prefix(bytes: &[u8]) -> Option<i64> {
     Some(days_from_civil(year, month, day))
 }
 
-/// Parses `HH:MM[:SS[.fraction]]`; returns microseconds since midnight and the rest.
+/// Parses `HH:MM[:SS[.fraction]]`; returns nanoseconds since midnight and the rest.
+/// Digits of the fraction beyond nanoseconds are read and dropped.
 #[inline]
 fn parse_time_prefix(bytes: &[u8]) -> Option<(i64, &[u8])> {
     if bytes.len() < 5 || bytes[2] != b':' {
@@ -85,7 +87,7 @@ fn parse_time_prefix(bytes: &[u8]) -> Option<(i64, &[u8])> {
     let minute = i64::from(digits(&bytes[3..5])?);
     let mut rest = &bytes[5..];
     let mut second = 0i64;
-    let mut micros = 0i64;
+    let mut nanos = 0i64;
     if rest.first() == Some(&b':') {
         if rest.len() < 3 {
             return None;
@@ -98,9 +100,9 @@ fn parse_time_prefix(bytes: &[u8]) -> Option<(i64, &[u8])> {
                 return None;
             }
             let fraction = &rest[1..1 + fraction_len];
-            let mut scale = 100_000i64;
-            for &digit in fraction.iter().take(6) {
-                micros += i64::from(digit - b'0') * scale;
+            let mut scale = 100_000_000i64;
+            for &digit in fraction.iter().take(9) {
+                nanos += i64::from(digit - b'0') * scale;
                 scale /= 10;
             }
             rest = &rest[1 + fraction_len..];
@@ -110,7 +112,7 @@ fn parse_time_prefix(bytes: &[u8]) -> Option<(i64, &[u8])> {
         return None;
     }
     Some((
-        (hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micros,
+        (hour * 3600 + minute * 60 + second) * NANOS_PER_SECOND + nanos,
         rest,
     ))
 }
@@ -147,19 +149,37 @@ pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
 /// [`parse_timestamp_micros`] on raw bytes (no UTF-8 check needed: only ASCII matches).
 #[inline]
 pub fn parse_timestamp_bytes(bytes: &[u8]) -> Option<i64> {
+    parse_timestamp_parts(bytes).map(|(micros, _)| micros)
+}
+
+/// ISO-8601 date-time text (as [`parse_timestamp_micros`] reads it, with up to nine
+/// fractional digits) as nanoseconds since the epoch (UTC); `None` beyond the years
+/// 1677–2262 that nanoseconds hold.
+#[inline]
+pub fn parse_timestamp_nanos_bytes(bytes: &[u8]) -> Option<i64> {
+    let (micros, nanos) = parse_timestamp_parts(bytes)?;
+    micros.checked_mul(1_000)?.checked_add(nanos)
+}
+
+/// Microseconds since the epoch (rounded down) and the nanoseconds beyond them.
+#[inline]
+fn parse_timestamp_parts(bytes: &[u8]) -> Option<(i64, i64)> {
     let bytes = bytes.trim_ascii();
     let days = parse_date_prefix(bytes)?;
     let rest = &bytes[10..];
     if rest.is_empty() {
-        return Some(days * MICROS_PER_DAY);
+        return Some((days * MICROS_PER_DAY, 0));
     }
     let (separator, rest) = rest.split_first()?;
     if *separator != b' ' && *separator != b'T' && *separator != b't' {
         return None;
     }
-    let (time_micros, rest) = parse_time_prefix(rest)?;
+    let (time_nanos, rest) = parse_time_prefix(rest)?;
     let offset = parse_zone(rest)?;
-    Some(days * MICROS_PER_DAY + time_micros - offset)
+    Some((
+        days * MICROS_PER_DAY + time_nanos / 1_000 - offset,
+        time_nanos % 1_000,
+    ))
 }
 
 /// Parses `YYYY-MM-DD` (a time part, if present, is ignored) into days since the epoch.
@@ -179,16 +199,16 @@ pub fn parse_date_bytes(bytes: &[u8]) -> Option<i32> {
     i32::try_from(days).ok()
 }
 
-/// Parses `HH:MM[:SS[.ffffff]]` into microseconds since midnight.
+/// Parses `HH:MM[:SS[.ffffff]]` into microseconds since midnight (rounded down).
 pub fn parse_time_micros(text: &str) -> Option<i64> {
-    parse_time_bytes(text.as_bytes())
+    parse_time_nanos_bytes(text.as_bytes()).map(|nanos| nanos / 1_000)
 }
 
-/// [`parse_time_micros`] on raw bytes.
+/// Parses `HH:MM[:SS[.fffffffff]]` into nanoseconds since midnight.
 #[inline]
-pub fn parse_time_bytes(bytes: &[u8]) -> Option<i64> {
-    let (micros, rest) = parse_time_prefix(bytes.trim_ascii())?;
-    rest.is_empty().then_some(micros)
+pub fn parse_time_nanos_bytes(bytes: &[u8]) -> Option<i64> {
+    let (nanos, rest) = parse_time_prefix(bytes.trim_ascii())?;
+    rest.is_empty().then_some(nanos)
 }
 
 /// Converts a Julian day number (SQLite's REAL date form) to microseconds since the epoch.
@@ -219,15 +239,33 @@ pub fn format_timestamp_micros(micros: i64) -> String {
     }
 }
 
-/// Formats microseconds since midnight as `HH:MM:SS[.ffffff]`.
-pub fn format_time_micros(micros: i64) -> String {
-    let seconds = micros / MICROS_PER_SECOND;
-    let fraction = micros % MICROS_PER_SECOND;
+/// Formats nanoseconds since the epoch like [`format_timestamp_micros`], with nine
+/// fractional digits when the value has a part below the microsecond.
+pub fn format_timestamp_nanos(nanos: i64) -> String {
+    let (micros, below) = (nanos.div_euclid(1_000), nanos.rem_euclid(1_000));
+    let mut text = format_timestamp_micros(micros);
+    if below != 0 {
+        if micros.rem_euclid(MICROS_PER_SECOND) == 0 {
+            text.push_str(".000000");
+        }
+        text.push_str(&format!("{below:03}"));
+    }
+    text
+}
+
+/// Formats nanoseconds since midnight as `HH:MM:SS[.ffffff[fff]]`: six fractional
+/// digits, nine when the value has a part below the microsecond, none when it is whole
+/// seconds.
+pub fn format_time_nanos(nanos: i64) -> String {
+    let seconds = nanos / NANOS_PER_SECOND;
+    let fraction = nanos % NANOS_PER_SECOND;
     let (hour, minute, second) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     if fraction == 0 {
         format!("{hour:02}:{minute:02}:{second:02}")
+    } else if fraction % 1_000 == 0 {
+        format!("{hour:02}:{minute:02}:{second:02}.{:06}", fraction / 1_000)
     } else {
-        format!("{hour:02}:{minute:02}:{second:02}.{fraction:06}")
+        format!("{hour:02}:{minute:02}:{second:02}.{fraction:09}")
     }
 }
 
@@ -300,6 +338,34 @@ mod tests {
             );
         }
         assert_eq!(format_date(19_782), "2024-02-29");
+        for nanos in [
+            0,
+            1,
+            -1,
+            999,
+            1_767_225_600_250_000_001,
+            -86_400_000_000_001,
+        ] {
+            let text = format_timestamp_nanos(nanos);
+            assert_eq!(
+                parse_timestamp_nanos_bytes(text.as_bytes()),
+                Some(nanos),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            format_timestamp_nanos(1_500),
+            "1970-01-01 00:00:00.000001500"
+        );
+        for nanos in [0, 1, 45_005_500_000_000, 86_399_999_999_999] {
+            let text = format_time_nanos(nanos);
+            assert_eq!(
+                parse_time_nanos_bytes(text.as_bytes()),
+                Some(nanos),
+                "{text}"
+            );
+        }
+        assert_eq!(format_time_nanos(45_005_500_000_000), "12:30:05.500000");
         assert_eq!(julian_day_to_micros(2_440_588.5), Some(86_400_000_000));
     }
 }

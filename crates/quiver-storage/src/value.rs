@@ -4,10 +4,12 @@ use std::fmt;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type,
-    Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
-    UInt32Type, UInt64Type,
+    DataType, Date32Type, Date64Type, Decimal128Type, DurationMicrosecondType,
+    DurationMillisecondType, DurationNanosecondType, DurationSecondType, Float16Type, Float32Type,
+    Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Time32MillisecondType,
+    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 
 use crate::dialect::Dialect;
@@ -35,6 +37,12 @@ pub enum Value {
     Date(i32),
     /// Microseconds since 1970-01-01T00:00:00 UTC.
     Timestamp(i64),
+    /// Nanoseconds since 1970-01-01T00:00:00 UTC (PostgreSQL keeps microseconds).
+    TimestampNanos(i64),
+    /// Nanoseconds since midnight.
+    Time(i64),
+    /// A length of time: a count of the unit.
+    Duration(i64, TimeUnit),
     /// An exact decimal number as text (`-12.50`).
     Decimal(String),
 }
@@ -50,6 +58,9 @@ impl fmt::Display for Value {
             Value::Blob(v) => write!(f, "<{} bytes>", v.len()),
             Value::Date(v) => write!(f, "{}", crate::time::format_date(*v)),
             Value::Timestamp(v) => write!(f, "{}", crate::time::format_timestamp_micros(*v)),
+            Value::TimestampNanos(v) => write!(f, "{}", crate::time::format_timestamp_nanos(*v)),
+            Value::Time(v) => write!(f, "{}", crate::time::format_time_nanos(*v)),
+            Value::Duration(v, unit) => write!(f, "{v} {}", unit_name(*unit)),
             Value::Decimal(v) => f.write_str(&shorten(v)),
         }
     }
@@ -75,10 +86,36 @@ pub fn placeholder_cast(value: &Value) -> &'static str {
         Value::Float(_) => "float8",
         Value::Blob(_) => "bytea",
         Value::Date(_) => "date",
-        Value::Timestamp(_) => "timestamp",
+        Value::Timestamp(_) | Value::TimestampNanos(_) => "timestamp",
+        Value::Time(_) => "time",
+        Value::Duration(..) => "interval",
         Value::Decimal(_) => "numeric",
     }
 }
+
+/// A time unit's name, for messages.
+fn unit_name(unit: TimeUnit) -> &'static str {
+    match unit {
+        TimeUnit::Second => "s",
+        TimeUnit::Millisecond => "ms",
+        TimeUnit::Microsecond => "µs",
+        TimeUnit::Nanosecond => "ns",
+    }
+}
+
+/// A count of `unit` in microseconds, rounded toward negative infinity; `None` when
+/// it overflows.
+pub fn duration_micros(count: i64, unit: TimeUnit) -> Option<i64> {
+    match unit {
+        TimeUnit::Second => count.checked_mul(1_000_000),
+        TimeUnit::Millisecond => count.checked_mul(1_000),
+        TimeUnit::Microsecond => Some(count),
+        TimeUnit::Nanosecond => Some(count.div_euclid(1_000)),
+    }
+}
+
+/// Nanoseconds in a day: a time of day is below it.
+const NANOS_PER_DAY: i64 = 86_400_000_000_000;
 
 /// Most characters of decimal text (far beyond any store's precision).
 const MAX_DECIMAL_TEXT: usize = 1_000;
@@ -132,6 +169,12 @@ pub enum Cell<'a> {
     Date(i32),
     /// Microseconds since 1970-01-01T00:00:00 UTC.
     Timestamp(i64),
+    /// Nanoseconds since 1970-01-01T00:00:00 UTC.
+    TimestampNanos(i64),
+    /// Nanoseconds since midnight.
+    Time(i64),
+    /// A length of time: a count of the unit.
+    Duration(i64, TimeUnit),
     /// An exact decimal number as text.
     Decimal(String),
 }
@@ -148,6 +191,9 @@ impl Cell<'_> {
             Cell::Blob(v) => Value::Blob(v.to_vec()),
             Cell::Date(v) => Value::Date(*v),
             Cell::Timestamp(v) => Value::Timestamp(*v),
+            Cell::TimestampNanos(v) => Value::TimestampNanos(*v),
+            Cell::Time(v) => Value::Time(*v),
+            Cell::Duration(v, unit) => Value::Duration(*v, *unit),
             Cell::Decimal(v) => Value::Decimal(v.clone()),
         }
     }
@@ -156,6 +202,20 @@ impl Cell<'_> {
     /// written; the error says why not (without echoing more than the value's start).
     pub fn check_storable(&self, dialect: Dialect) -> std::result::Result<(), String> {
         match self {
+            Cell::TimestampNanos(nanos) => {
+                Cell::Timestamp(nanos.div_euclid(1_000)).check_storable(dialect)
+            }
+            Cell::Time(nanos) if !(0..NANOS_PER_DAY).contains(nanos) => Err(format!(
+                "time {nanos} ns is not a time of day (0 to 24 hours)"
+            )),
+            Cell::Duration(count, unit)
+                if dialect == Dialect::Postgres && duration_micros(*count, *unit).is_none() =>
+            {
+                Err(format!(
+                    "duration {count} {} is beyond what PostgreSQL's interval holds",
+                    unit_name(*unit)
+                ))
+            }
             Cell::Timestamp(micros) if !dialect.timestamp_range().contains(micros) => Err(format!(
                 "timestamp {micros} µs is outside what the store holds ({} to {} µs since 1970)",
                 dialect.timestamp_range().start(),
@@ -198,6 +258,9 @@ impl Value {
             Value::Blob(v) => Cell::Blob(v),
             Value::Date(v) => Cell::Date(*v),
             Value::Timestamp(v) => Cell::Timestamp(*v),
+            Value::TimestampNanos(v) => Cell::TimestampNanos(*v),
+            Value::Time(v) => Cell::Time(*v),
+            Value::Duration(v, unit) => Cell::Duration(*v, *unit),
             Value::Decimal(v) => Cell::Decimal(v.clone()),
         }
     }
@@ -205,7 +268,8 @@ impl Value {
 
 /// Reads row `row` of `column` as a [`Cell`]; `column_name` names it in errors.
 pub fn cell_at<'a>(column: &'a ArrayRef, row: usize, column_name: &str) -> Result<Cell<'a>> {
-    if column.is_null(row) {
+    // A `Null`-typed array has no validity buffer: every value is NULL.
+    if column.is_null(row) || column.data_type() == &DataType::Null {
         return Ok(Cell::Null);
     }
     let unsupported = || Error::Conversion {
@@ -255,17 +319,85 @@ pub fn cell_at<'a>(column: &'a ArrayRef, row: usize, column_name: &str) -> Resul
                 .checked_mul(1_000)
                 .ok_or_else(unsupported)?,
             TimeUnit::Microsecond => column.as_primitive::<TimestampMicrosecondType>().value(row),
-            TimeUnit::Nanosecond => column
-                .as_primitive::<TimestampNanosecondType>()
-                .value(row)
-                .div_euclid(1_000),
+            TimeUnit::Nanosecond => {
+                return Ok(Cell::TimestampNanos(
+                    column.as_primitive::<TimestampNanosecondType>().value(row),
+                ));
+            }
         }),
+        DataType::Time32(TimeUnit::Second) => Cell::Time(
+            i64::from(column.as_primitive::<Time32SecondType>().value(row)) * 1_000_000_000,
+        ),
+        DataType::Time32(TimeUnit::Millisecond) => Cell::Time(
+            i64::from(column.as_primitive::<Time32MillisecondType>().value(row)) * 1_000_000,
+        ),
+        DataType::Time64(TimeUnit::Microsecond) => Cell::Time(
+            column
+                .as_primitive::<Time64MicrosecondType>()
+                .value(row)
+                .checked_mul(1_000)
+                .ok_or_else(unsupported)?,
+        ),
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            Cell::Time(column.as_primitive::<Time64NanosecondType>().value(row))
+        }
+        DataType::Duration(unit) => Cell::Duration(
+            match unit {
+                TimeUnit::Second => column.as_primitive::<DurationSecondType>().value(row),
+                TimeUnit::Millisecond => {
+                    column.as_primitive::<DurationMillisecondType>().value(row)
+                }
+                TimeUnit::Microsecond => {
+                    column.as_primitive::<DurationMicrosecondType>().value(row)
+                }
+                TimeUnit::Nanosecond => column.as_primitive::<DurationNanosecondType>().value(row),
+            },
+            *unit,
+        ),
         DataType::Decimal128(_, scale) => Cell::Decimal(format_decimal(
             column.as_primitive::<Decimal128Type>().value(row),
             *scale,
         )),
         _ => return Err(unsupported()),
     })
+}
+
+/// Whether [`cell_at`] reads values of `data_type` (what ingest and bound parameters
+/// accept; a dictionary is accepted as its values).
+pub fn is_writable(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(_, values) => is_writable(values),
+        DataType::Time32(unit) => matches!(unit, TimeUnit::Second | TimeUnit::Millisecond),
+        DataType::Time64(unit) => matches!(unit, TimeUnit::Microsecond | TimeUnit::Nanosecond),
+        _ => matches!(
+            data_type,
+            DataType::Null
+                | DataType::Boolean
+                | DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64
+                | DataType::Float16
+                | DataType::Float32
+                | DataType::Float64
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+                | DataType::FixedSizeBinary(_)
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(..)
+                | DataType::Duration(_)
+                | DataType::Decimal128(..)
+        ),
+    }
 }
 
 /// Reads row `row` of `column` as a [`Value`]; `column_name` names it in errors.
@@ -398,6 +530,63 @@ mod tests {
         assert_eq!(parse_decimal("1e999999", 38, 2), None);
         for value in [-1_234_567_i128, 0, 5, 99_999] {
             assert_eq!(parse_decimal(&format_decimal(value, 3), 38, 3), Some(value));
+        }
+    }
+
+    #[test]
+    fn every_writable_type_reads_as_a_cell() {
+        use arrow::array::{BinaryArray, Int64Array, StringArray};
+        let integers: ArrayRef = std::sync::Arc::new(Int64Array::from(vec![1]));
+        let strings: ArrayRef = std::sync::Arc::new(StringArray::from(vec!["1"]));
+        let bytes: ArrayRef = std::sync::Arc::new(BinaryArray::from(vec![&b"abcd"[..]]));
+        let units = [
+            TimeUnit::Second,
+            TimeUnit::Millisecond,
+            TimeUnit::Microsecond,
+            TimeUnit::Nanosecond,
+        ];
+        let mut types = vec![
+            DataType::Null,
+            DataType::Boolean,
+            DataType::Int8,
+            DataType::UInt64,
+            DataType::Float16,
+            DataType::Utf8,
+            DataType::LargeUtf8,
+            DataType::Utf8View,
+            DataType::Binary,
+            DataType::LargeBinary,
+            DataType::BinaryView,
+            DataType::FixedSizeBinary(4),
+            DataType::Date32,
+            DataType::Date64,
+            DataType::Decimal128(10, 2),
+            DataType::Decimal256(10, 2),
+            DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
+        ];
+        for unit in units {
+            types.push(DataType::Time32(unit));
+            types.push(DataType::Time64(unit));
+            types.push(DataType::Timestamp(unit, None));
+            types.push(DataType::Duration(unit));
+        }
+        for data_type in types {
+            let source = [&integers, &strings, &bytes]
+                .into_iter()
+                .find(|a| arrow::compute::can_cast_types(a.data_type(), &data_type));
+            let column = match data_type {
+                DataType::Null => Some(arrow::array::new_null_array(&DataType::Null, 1)),
+                _ => source.and_then(|a| arrow::compute::cast(a, &data_type).ok()),
+            };
+            let Some(column) = column else {
+                assert!(!is_writable(&data_type), "{data_type}: no test value");
+                continue;
+            };
+            assert_eq!(
+                cell_at(&column, 0, "c").is_ok(),
+                is_writable(&data_type),
+                "{data_type}"
+            );
         }
     }
 

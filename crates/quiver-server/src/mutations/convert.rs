@@ -30,11 +30,20 @@ fn kind_name(kind: &Option<Kind>) -> &'static str {
 fn expected_kind(data_type: &DataType) -> &'static str {
     match data_type {
         DataType::Boolean => "bool",
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "int64",
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => "int64",
+        DataType::Duration(_) => "int64 (a count of the column's unit)",
         DataType::Float32 | DataType::Float64 => "double or int64",
         DataType::Decimal128(..) | DataType::Decimal256(..) => "decimal, int64 or double",
-        DataType::Binary | DataType::LargeBinary => "bytes",
-        DataType::Date32 => "date_days",
+        DataType::Binary | DataType::LargeBinary | DataType::FixedSizeBinary(_) => "bytes",
+        DataType::Date32 | DataType::Date64 => "date_days",
+        DataType::Null => "null",
         DataType::Timestamp(..) => "timestamp_micros",
         _ => "string",
     }
@@ -93,6 +102,24 @@ fn convert_value(column: &ColumnInfo, value: &pb::Value, row: usize) -> Result<V
             Value::Int(*v)
         }
         (DataType::Int64, Kind::Int64(v)) => Value::Int(*v),
+        (DataType::UInt8, Kind::Int64(v)) => {
+            u8::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        (DataType::UInt16, Kind::Int64(v)) => {
+            u16::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        (DataType::UInt32, Kind::Int64(v)) => {
+            u32::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        (DataType::UInt64, Kind::Int64(v)) => {
+            u64::try_from(*v).map_err(|_| out_of_range(*v))?;
+            Value::Int(*v)
+        }
+        // A count of the column's unit.
+        (DataType::Duration(unit), Kind::Int64(v)) => Value::Duration(*v, *unit),
         (DataType::Float32 | DataType::Float64, Kind::Double(v)) => Value::Float(*v),
         (DataType::Float32 | DataType::Float64, Kind::Int64(v)) => Value::Float(*v as f64),
         (DataType::Decimal128(..) | DataType::Decimal256(..), Kind::Decimal(v)) => {
@@ -111,8 +138,11 @@ fn convert_value(column: &ColumnInfo, value: &pb::Value, row: usize) -> Result<V
         (DataType::Decimal128(..) | DataType::Decimal256(..), Kind::Double(v)) if v.is_finite() => {
             Value::Decimal(v.to_string())
         }
-        (DataType::Binary | DataType::LargeBinary, Kind::Bytes(v)) => Value::Blob(v.clone()),
-        (DataType::Date32, Kind::DateDays(v)) => Value::Date(*v),
+        (
+            DataType::Binary | DataType::LargeBinary | DataType::FixedSizeBinary(_),
+            Kind::Bytes(v),
+        ) => Value::Blob(v.clone()),
+        (DataType::Date32 | DataType::Date64, Kind::DateDays(v)) => Value::Date(*v),
         (DataType::Timestamp(..), Kind::TimestampMicros(v)) => Value::Timestamp(*v),
         (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Kind::String(v)) => {
             Value::Text(v.clone())
@@ -162,6 +192,9 @@ pub(super) fn proto_value(column: &ColumnInfo, value: Value) -> pb::Value {
         (Value::Blob(v), _) => Kind::Bytes(v),
         (Value::Date(v), _) => Kind::DateDays(v),
         (Value::Timestamp(v), _) => Kind::TimestampMicros(v),
+        (Value::TimestampNanos(v), _) => Kind::TimestampMicros(v.div_euclid(1_000)),
+        (Value::Time(v), _) => Kind::String(quiver_storage::time::format_time_nanos(v)),
+        (Value::Duration(v, _), _) => Kind::Int64(v),
     };
     pb::Value { kind: Some(kind) }
 }

@@ -381,7 +381,10 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
             };
             cast(ScalarValue::Utf8(Some(text)))
         }
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => {
             let J::String(s) = json else {
                 return cast(ScalarValue::Binary(Some(json.to_string().into_bytes())));
             };
@@ -389,7 +392,11 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
                 Some(hex) => decode_hex(hex)?,
                 None => decode_hex(&s).unwrap_or_else(|| s.into_bytes()),
             };
-            cast(ScalarValue::Binary(Some(bytes)))
+            match data_type {
+                DataType::FixedSizeBinary(size) => (usize::try_from(*size).ok()? == bytes.len())
+                    .then(|| ScalarValue::FixedSizeBinary(*size, Some(bytes))),
+                _ => cast(ScalarValue::Binary(Some(bytes))),
+            }
         }
         DataType::Date32 | DataType::Date64 => {
             let days = match &json {
@@ -398,6 +405,17 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
                 _ => return None,
             };
             cast(ScalarValue::Date32(Some(days)))
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, zone) => {
+            let nanos = match &json {
+                J::String(s) => time::parse_timestamp_nanos_bytes(s.as_bytes())?,
+                J::Number(n) if n.is_f64() => {
+                    time::julian_day_to_micros(n.as_f64()?)?.checked_mul(1_000)?
+                }
+                J::Number(_) => integer(&json)?.checked_mul(1_000_000_000)?,
+                _ => return None,
+            };
+            Some(ScalarValue::TimestampNanosecond(Some(nanos), zone.clone()))
         }
         DataType::Timestamp(_, zone) => {
             let micros = match &json {
@@ -411,12 +429,14 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
                 zone.clone(),
             ))
         }
-        DataType::Time64(TimeUnit::Microsecond) => match &json {
-            J::String(s) => Some(ScalarValue::Time64Microsecond(Some(
-                time::parse_time_micros(s)?,
+        DataType::Time32(_) | DataType::Time64(_) => match &json {
+            J::String(s) => cast(ScalarValue::Time64Nanosecond(Some(
+                time::parse_time_nanos_bytes(s.as_bytes())?,
             ))),
             _ => None,
         },
+        DataType::Duration(_) => cast(ScalarValue::Int64(Some(integer(&json)?))),
+        DataType::Null => Some(ScalarValue::Null),
         other => {
             let text = match json {
                 J::String(s) => s,

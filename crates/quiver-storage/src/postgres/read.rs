@@ -502,6 +502,27 @@ impl ToSql for Value {
                 Type::DATE => out.put_i32(date_2000(*days)?),
                 _ => return Err(mismatch(self, ty)),
             },
+            Value::TimestampNanos(nanos) => {
+                return Value::Timestamp(nanos.div_euclid(1_000)).to_sql(ty, out);
+            }
+            Value::Time(nanos) => match *ty {
+                Type::TIME if (0..86_400_000_000_000).contains(nanos) => {
+                    out.put_i64(nanos / 1_000);
+                }
+                _ => return Err(mismatch(self, ty)),
+            },
+            Value::Duration(count, unit) => match *ty {
+                Type::INTERVAL => {
+                    let micros = crate::value::duration_micros(*count, *unit).ok_or_else(|| {
+                        bind_error(format!("{self} is out of range for an interval"))
+                    })?;
+                    out.put_i64(micros);
+                    out.put_i32(0);
+                    out.put_i32(0);
+                }
+                Type::INT8 => out.put_i64(*count),
+                _ => return Err(mismatch(self, ty)),
+            },
             Value::Timestamp(micros) => match *ty {
                 Type::TIMESTAMP | Type::TIMESTAMPTZ => out.put_i64(timestamp_2000(*micros)?),
                 Type::DATE => {

@@ -20,6 +20,31 @@
 //! | anything else (`inet`, `money`, domains, …)  | `Utf8`, read through a `::text` cast    |
 //!
 //! Multi-dimensional arrays are read flattened into one list per value.
+//!
+//! # Ingest
+//! Bulk ingest creates each column with the nearest type that holds every value, so a
+//! column reads back as the Arrow type on the right:
+//!
+//! | Arrow (ingested)                              | PostgreSQL          | Arrow (read)              |
+//! |-----------------------------------------------|---------------------|---------------------------|
+//! | `Boolean`                                     | `boolean`           | `Boolean`                 |
+//! | `Int8`, `UInt8`, `Int16`                      | `smallint`          | `Int16`                   |
+//! | `UInt16`, `Int32`                             | `integer`           | `Int32`                   |
+//! | `UInt32`, `Int64`                             | `bigint`            | `Int64`                   |
+//! | `UInt64`                                      | `numeric(20, 0)`    | `Decimal128(20, 0)`       |
+//! | `Float16`, `Float32` / `Float64`              | `real` / `double precision` | `Float32` / `Float64` |
+//! | `Decimal128(p, s)`                            | `numeric(p, s)`     | `Decimal128(p, s)`        |
+//! | `Utf8`, `LargeUtf8`, `Utf8View`, `Null`       | `text`              | `Utf8`                    |
+//! | `Binary`, `LargeBinary`, `BinaryView`, `FixedSizeBinary(n)` | `bytea` | `Binary`              |
+//! | `Date32`, `Date64`                            | `date`              | `Date32`                  |
+//! | `Time32(s, ms)`, `Time64(µs, ns)`             | `time`              | `Time64(µs)`              |
+//! | `Timestamp(unit)`                             | `timestamp`         | `Timestamp(µs)`           |
+//! | `Timestamp(unit, zone)`                       | `timestamptz`       | `Timestamp(µs, "UTC")`    |
+//! | `Duration(unit)`                              | `interval`          | `Interval(MonthDayNano)`  |
+//!
+//! PostgreSQL keeps microseconds: nanoseconds below them are dropped (times,
+//! timestamps, durations). Any other type (lists, structs, `Decimal256`, intervals) is
+//! refused before anything is written, naming the column and the type.
 
 use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
 use tokio_postgres::types::Type;
@@ -116,8 +141,12 @@ pub fn map_type(column: ColumnType<'_>) -> Mapping {
     }
 }
 
-/// The PostgreSQL type a column of `data_type` is created with (ingest, demo).
+/// The PostgreSQL type a column of `data_type` is created with (ingest, demo), or
+/// `None` when no column holds it (see the ingest mapping in the module docs).
 pub fn declared_type_for(data_type: &DataType) -> Option<String> {
+    if !crate::value::is_writable(data_type) {
+        return None;
+    }
     Some(match data_type {
         DataType::Boolean => "boolean".to_owned(),
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".to_owned(),
@@ -126,8 +155,10 @@ pub fn declared_type_for(data_type: &DataType) -> Option<String> {
         DataType::UInt64 => "numeric(20, 0)".to_owned(),
         DataType::Float16 | DataType::Float32 => "real".to_owned(),
         DataType::Float64 => "double precision".to_owned(),
-        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("numeric({p}, {s})"),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_owned(),
+        DataType::Decimal128(p, s) if (0..=*p as i8).contains(s) => format!("numeric({p}, {s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {
+            "text".to_owned()
+        }
         DataType::Binary
         | DataType::LargeBinary
         | DataType::BinaryView
@@ -136,10 +167,7 @@ pub fn declared_type_for(data_type: &DataType) -> Option<String> {
         DataType::Time32(_) | DataType::Time64(_) => "time".to_owned(),
         DataType::Timestamp(_, None) => "timestamp".to_owned(),
         DataType::Timestamp(_, Some(_)) => "timestamptz".to_owned(),
-        DataType::Interval(_) => "interval".to_owned(),
-        DataType::List(item) | DataType::LargeList(item) => {
-            format!("{}[]", declared_type_for(item.data_type())?)
-        }
+        DataType::Duration(_) => "interval".to_owned(),
         _ => return None,
     })
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder,
-    Int64Builder, RecordBatch, RecordBatchOptions, StringBuilder, Time64MicrosecondBuilder,
-    TimestampMicrosecondBuilder,
+    Int64Builder, NullArray, RecordBatch, RecordBatchOptions, StringBuilder,
+    Time64NanosecondBuilder, TimestampMicrosecondBuilder, TimestampNanosecondBuilder,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use rusqlite::types::ValueRef;
@@ -42,6 +42,12 @@ fn sql_output(cell: ValueCell<'_>) -> rusqlite::types::ToSqlOutput<'_> {
         ValueCell::Timestamp(micros) => {
             ToSqlOutput::Owned(Owned::Text(time::format_timestamp_micros(micros)))
         }
+        ValueCell::TimestampNanos(nanos) => {
+            ToSqlOutput::Owned(Owned::Text(time::format_timestamp_nanos(nanos)))
+        }
+        ValueCell::Time(nanos) => ToSqlOutput::Owned(Owned::Text(time::format_time_nanos(nanos))),
+        // A count of the column's unit (its declared type names the unit).
+        ValueCell::Duration(count, _) => ToSqlOutput::Owned(Owned::Integer(count)),
         ValueCell::Decimal(v) => ToSqlOutput::Owned(Owned::Text(v)),
     }
 }
@@ -57,15 +63,25 @@ pub(crate) enum ReadType {
     UInt8,
     UInt16,
     UInt32,
+    /// 0 to `i64::MAX`: what SQLite's integers hold of `UInt64`.
+    UInt64,
     Float32,
     Float64,
     /// `Decimal128(precision, scale)`.
     Decimal(u8, i8),
     Utf8,
     Binary,
+    /// `FixedSizeBinary(size)`.
+    FixedBinary(i32),
     Date32,
+    /// Microseconds since the epoch (timestamps in seconds, milliseconds or µs).
     Timestamp,
-    Time64,
+    /// Nanoseconds since the epoch.
+    TimestampNanos,
+    /// Nanoseconds since midnight (times in every unit).
+    Time,
+    /// Only NULL.
+    Null,
 }
 
 impl ReadType {
@@ -80,14 +96,20 @@ impl ReadType {
             DataType::UInt8 => ReadType::UInt8,
             DataType::UInt16 => ReadType::UInt16,
             DataType::UInt32 => ReadType::UInt32,
+            DataType::UInt64 => ReadType::UInt64,
             DataType::Float32 => ReadType::Float32,
             DataType::Float64 => ReadType::Float64,
             DataType::Decimal128(precision, scale) => ReadType::Decimal(*precision, *scale),
             DataType::Utf8 | DataType::LargeUtf8 => ReadType::Utf8,
             DataType::Binary | DataType::LargeBinary => ReadType::Binary,
-            DataType::Date32 => ReadType::Date32,
+            DataType::FixedSizeBinary(size) => ReadType::FixedBinary(*size),
+            DataType::Date32 | DataType::Date64 => ReadType::Date32,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => ReadType::TimestampNanos,
             DataType::Timestamp(_, _) => ReadType::Timestamp,
-            DataType::Time64(TimeUnit::Microsecond) => ReadType::Time64,
+            DataType::Time32(_) | DataType::Time64(_) => ReadType::Time,
+            // A count of the unit.
+            DataType::Duration(_) => ReadType::Int64,
+            DataType::Null => ReadType::Null,
             _ => return None,
         })
     }
@@ -101,6 +123,7 @@ impl ReadType {
             ReadType::UInt8 => (0, u8::MAX.into()),
             ReadType::UInt16 => (0, u16::MAX.into()),
             ReadType::UInt32 => (0, u32::MAX.into()),
+            ReadType::UInt64 => (0, i64::MAX),
             _ => return None,
         })
     }
@@ -109,6 +132,7 @@ impl ReadType {
     pub(crate) fn tag(self) -> std::borrow::Cow<'static, str> {
         match self {
             ReadType::Decimal(precision, scale) => format!("dec:{precision}:{scale}").into(),
+            ReadType::FixedBinary(size) => format!("fsb:{size}").into(),
             simple => simple.simple_tag().into(),
         }
     }
@@ -124,14 +148,18 @@ impl ReadType {
             ReadType::UInt8 => "u8",
             ReadType::UInt16 => "u16",
             ReadType::UInt32 => "u32",
+            ReadType::UInt64 => "u64",
             ReadType::Float32 => "f32",
             ReadType::Float64 => "f64",
             ReadType::Utf8 => "text",
             ReadType::Binary => "blob",
             ReadType::Date32 => "date",
             ReadType::Timestamp => "ts",
-            ReadType::Time64 => "time",
+            ReadType::TimestampNanos => "tsns",
+            ReadType::Time => "time",
+            ReadType::Null => "null",
             ReadType::Decimal(..) => "dec",
+            ReadType::FixedBinary(..) => "fsb",
         }
     }
 
@@ -145,6 +173,9 @@ impl ReadType {
                 scale.parse().ok()?,
             ));
         }
+        if let Some(size) = tag.strip_prefix("fsb:") {
+            return Some(ReadType::FixedBinary(size.parse().ok()?));
+        }
         [
             ReadType::Boolean,
             ReadType::Int8,
@@ -154,13 +185,16 @@ impl ReadType {
             ReadType::UInt8,
             ReadType::UInt16,
             ReadType::UInt32,
+            ReadType::UInt64,
             ReadType::Float32,
             ReadType::Float64,
             ReadType::Utf8,
             ReadType::Binary,
             ReadType::Date32,
             ReadType::Timestamp,
-            ReadType::Time64,
+            ReadType::TimestampNanos,
+            ReadType::Time,
+            ReadType::Null,
         ]
         .into_iter()
         .find(|t| t.simple_tag() == tag)
@@ -177,13 +211,17 @@ impl ReadType {
             ReadType::UInt8 => "UInt8",
             ReadType::UInt16 => "UInt16",
             ReadType::UInt32 => "UInt32",
+            ReadType::UInt64 => "UInt64 (0 to 2^63 - 1 in SQLite)",
             ReadType::Float32 => "Float32",
             ReadType::Float64 => "Float64",
             ReadType::Utf8 => "Utf8",
             ReadType::Binary => "Binary",
+            ReadType::FixedBinary(..) => "FixedSizeBinary",
             ReadType::Date32 => "Date32",
             ReadType::Timestamp => "Timestamp(µs)",
-            ReadType::Time64 => "Time64(µs)",
+            ReadType::TimestampNanos => "Timestamp(ns)",
+            ReadType::Time => "Time",
+            ReadType::Null => "Null",
             ReadType::Decimal(..) => "Decimal128",
         }
     }
@@ -216,6 +254,14 @@ impl ReadType {
                 _ => None,
             };
             return scaled.map(Cell::Decimal);
+        }
+        if let ReadType::FixedBinary(size) = self {
+            return match value {
+                ValueRef::Blob(v) if usize::try_from(size).is_ok_and(|size| size == v.len()) => {
+                    Some(Cell::Bytes(v.into()))
+                }
+                _ => None,
+            };
         }
         if self == ReadType::Float32 {
             return match ReadType::Float64.decode(value)? {
@@ -262,7 +308,16 @@ impl ReadType {
                 let micros = time::julian_day_to_micros(julian_day)?;
                 Cell::Day(i32::try_from(micros.div_euclid(86_400_000_000)).ok()?)
             }
-            (ReadType::Time64, ValueRef::Text(t)) => Cell::Int(time::parse_time_bytes(t)?),
+            (ReadType::TimestampNanos, ValueRef::Text(t)) => {
+                Cell::Int(time::parse_timestamp_nanos_bytes(t)?)
+            }
+            (ReadType::TimestampNanos, ValueRef::Integer(seconds)) => {
+                Cell::Int(seconds.checked_mul(1_000_000_000)?)
+            }
+            (ReadType::TimestampNanos, ValueRef::Real(julian_day)) => {
+                Cell::Int(time::julian_day_to_micros(julian_day)?.checked_mul(1_000)?)
+            }
+            (ReadType::Time, ValueRef::Text(t)) => Cell::Int(time::parse_time_nanos_bytes(t)?),
             _ => return None,
         })
     }
@@ -295,7 +350,10 @@ enum ColumnReader {
     Binary(BinaryBuilder),
     Date32(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
-    Time64(Time64MicrosecondBuilder),
+    TimestampNanos(TimestampNanosecondBuilder),
+    Time64(Time64NanosecondBuilder),
+    /// A `Null` column: the number of rows.
+    Null(usize),
 }
 
 pub(crate) fn describe(value: ValueRef<'_>) -> String {
@@ -316,6 +374,14 @@ pub(crate) fn describe(value: ValueRef<'_>) -> String {
     }
 }
 
+/// The time zone of a timestamp type.
+fn timezone_of(data_type: &DataType) -> Option<Arc<str>> {
+    match data_type {
+        DataType::Timestamp(_, zone) => zone.clone(),
+        _ => None,
+    }
+}
+
 fn text(bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
 }
@@ -329,13 +395,20 @@ impl ColumnReader {
         };
         let wide = match (read_type, data_type) {
             (ReadType::Float32, _) => Some(DataType::Float64),
-            (_, DataType::Timestamp(unit, zone)) if *unit != TimeUnit::Microsecond => {
+            (ReadType::Timestamp, DataType::Timestamp(unit, zone))
+                if *unit != TimeUnit::Microsecond =>
+            {
                 // Stored to the microsecond; read so, then cast to the column's unit.
                 Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))
             }
             _ if read_type.integer_range().is_some() => Some(DataType::Int64),
             (_, DataType::LargeUtf8) => Some(DataType::Utf8),
-            (_, DataType::LargeBinary) => Some(DataType::Binary),
+            (_, DataType::LargeBinary | DataType::FixedSizeBinary(_)) => Some(DataType::Binary),
+            (_, DataType::Date64) => Some(DataType::Date32),
+            (_, DataType::Duration(_)) => Some(DataType::Int64),
+            (ReadType::Time, _) if *data_type != DataType::Time64(TimeUnit::Nanosecond) => {
+                Some(DataType::Time64(TimeUnit::Nanosecond))
+            }
             _ => None,
         };
         if let Some(wide) = wide {
@@ -356,7 +429,8 @@ impl ColumnReader {
                 | ReadType::Int32
                 | ReadType::UInt8
                 | ReadType::UInt16
-                | ReadType::UInt32,
+                | ReadType::UInt32
+                | ReadType::UInt64,
                 _,
             ) => ColumnReader::Int64(Int64Builder::with_capacity(capacity)),
             (ReadType::Float64 | ReadType::Float32, _) => {
@@ -370,7 +444,7 @@ impl ColumnReader {
             (ReadType::Utf8, _) => {
                 ColumnReader::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
             }
-            (ReadType::Binary, _) => {
+            (ReadType::Binary | ReadType::FixedBinary(_), _) => {
                 ColumnReader::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
             }
             (ReadType::Date32, _) => ColumnReader::Date32(Date32Builder::with_capacity(capacity)),
@@ -381,9 +455,14 @@ impl ColumnReader {
             (ReadType::Timestamp, _) => {
                 ColumnReader::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
             }
-            (ReadType::Time64, _) => {
-                ColumnReader::Time64(Time64MicrosecondBuilder::with_capacity(capacity))
+            (ReadType::TimestampNanos, _) => ColumnReader::TimestampNanos(
+                TimestampNanosecondBuilder::with_capacity(capacity)
+                    .with_timezone_opt(timezone_of(data_type)),
+            ),
+            (ReadType::Time, _) => {
+                ColumnReader::Time64(Time64NanosecondBuilder::with_capacity(capacity))
             }
+            (ReadType::Null, _) => ColumnReader::Null(0),
         })
     }
 
@@ -398,7 +477,9 @@ impl ColumnReader {
             ColumnReader::Binary(_) => ReadType::Binary,
             ColumnReader::Date32(_) => ReadType::Date32,
             ColumnReader::Timestamp(_) => ReadType::Timestamp,
-            ColumnReader::Time64(_) => ReadType::Time64,
+            ColumnReader::TimestampNanos(_) => ReadType::TimestampNanos,
+            ColumnReader::Time64(_) => ReadType::Time,
+            ColumnReader::Null(_) => ReadType::Null,
         }
     }
 
@@ -424,6 +505,9 @@ impl ColumnReader {
             (ColumnReader::Date32(b), Cell::Null) => b.append_null(),
             (ColumnReader::Timestamp(b), Cell::Null) => b.append_null(),
             (ColumnReader::Time64(b), Cell::Null) => b.append_null(),
+            (ColumnReader::TimestampNanos(b), Cell::Null) => b.append_null(),
+            (ColumnReader::TimestampNanos(b), Cell::Int(v)) => b.append_value(v),
+            (ColumnReader::Null(rows), Cell::Null) => *rows += 1,
             (ColumnReader::Boolean(b), Cell::Bool(v)) => b.append_value(v),
             (ColumnReader::Int64(b), Cell::Int(v)) => b.append_value(v),
             (ColumnReader::Float64(b), Cell::Float(v)) => b.append_value(v),
@@ -457,6 +541,8 @@ impl ColumnReader {
             ColumnReader::Date32(b) => Arc::new(b.finish()),
             ColumnReader::Timestamp(b) => Arc::new(b.finish()),
             ColumnReader::Time64(b) => Arc::new(b.finish()),
+            ColumnReader::TimestampNanos(b) => Arc::new(b.finish()),
+            ColumnReader::Null(rows) => Arc::new(NullArray::new(std::mem::take(rows))),
         })
     }
 }

@@ -9,12 +9,18 @@
 //! | `DATE`                                           | `Date32`                      |
 //! | `DATETIME`, `TIMESTAMP`                          | `Timestamp(µs, none)`         |
 //! | `TIMESTAMPTZ`, `TIMESTAMP WITH TIME ZONE`        | `Timestamp(µs, "UTC")`        |
+//! | `TIMESTAMPTZ 'Europe/Paris'`                     | `Timestamp(µs, "Europe/Paris")` |
 //! | … with a precision: `(0)`, `(1)`–`(3)`, `(7)`–`(9)` | unit `s`, `ms`, `ns`       |
-//! | `TIME`                                           | `Time64(µs)`                  |
+//! | `DATE64`                                         | `Date64`                      |
+//! | `TIME`, `TIME(6)`                                | `Time64(µs)`                  |
+//! | `TIME(0)`, `TIME(3)`, `TIME(9)`                  | `Time32(s)`, `Time32(ms)`, `Time64(ns)` |
+//! | `DURATION`, `DURATION(0)`, `(3)`, `(9)`          | `Duration(µs)`, `(s)`, `(ms)`, `(ns)` |
+//! | `FIXED_BLOB(n)`                                  | `FixedSizeBinary(n)`          |
+//! | `NULLTYPE`                                       | `Null`                        |
 //! | `TINYINT`                                        | `Int8`                        |
 //! | `SMALLINT`, `INT2`                               | `Int16`                       |
 //! | `MEDIUMINT`, `INT4`, `INT32`                     | `Int32`                       |
-//! | `UINT8`, `UINT16`, `UINT32`                      | `UInt8`, `UInt16`, `UInt32`   |
+//! | `UINT8`, `UINT16`, `UINT32`, `UINT64`            | `UInt8` … `UInt64`            |
 //! | `FLOAT4`                                         | `Float32`                     |
 //! | `LONGTEXT`, `LONGBLOB`                           | `LargeUtf8`, `LargeBinary`    |
 //! | contains `INT` (SQLite's INTEGER affinity)       | `Int64`                       |
@@ -29,7 +35,10 @@
 //! The narrow types have SQLite's INTEGER (or REAL) affinity; a value outside the
 //! type's range is refused when written through Quiver and fails the read otherwise.
 //! Bulk ingest creates columns with these names, so an `Int16` column reads back as
-//! `Int16`.
+//! `Int16`. `UINT64` holds what SQLite's 64-bit integers hold: 0 to 2^63 − 1 (a larger
+//! value is refused, naming the column). Timestamps and times are ISO-8601 text with up
+//! to nine fractional digits; a duration is an INTEGER count of its unit; a time zone
+//! (a name or an offset) is kept in the declared type, and the values are UTC instants.
 //!
 //! A `DECIMAL(p,s)` column declared by hand has NUMERIC affinity: SQLite keeps its
 //! values as INTEGER or REAL, exact to about 15 significant digits; they are read at
@@ -53,16 +62,34 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
     }
     // The base name without a length/precision suffix: `VARCHAR(20)` → `VARCHAR`.
     let base = upper.split('(').next().unwrap_or("").trim();
+    if let Some((name, zone)) = zoned(declared) {
+        return matches!(
+            name.to_ascii_uppercase().as_str(),
+            "TIMESTAMPTZ" | "TIMESTAMP"
+        )
+        .then(|| DataType::Timestamp(timestamp_unit(&upper), Some(zone.into())));
+    }
     let data_type = match base {
         "BOOL" | "BOOLEAN" => DataType::Boolean,
         "DATE" => DataType::Date32,
+        "DATE64" => DataType::Date64,
         "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => {
             DataType::Timestamp(timestamp_unit(&upper), None)
         }
         "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => {
             DataType::Timestamp(timestamp_unit(&upper), Some("UTC".into()))
         }
-        "TIME" => DataType::Time64(TimeUnit::Microsecond),
+        "TIME" => match timestamp_unit(&upper) {
+            unit @ (TimeUnit::Second | TimeUnit::Millisecond) => DataType::Time32(unit),
+            unit => DataType::Time64(unit),
+        },
+        "DURATION" => DataType::Duration(timestamp_unit(&upper)),
+        "UINT64" => DataType::UInt64,
+        "FIXED_BLOB" => match fixed_size(&upper) {
+            Some(size) => DataType::FixedSizeBinary(size),
+            None => DataType::Binary,
+        },
+        "NULLTYPE" => DataType::Null,
         "TINYINT" => DataType::Int8,
         "SMALLINT" | "INT2" => DataType::Int16,
         "MEDIUMINT" | "INT4" | "INT32" => DataType::Int32,
@@ -104,6 +131,32 @@ fn timestamp_unit(declared: &str) -> TimeUnit {
         Some(7..) => TimeUnit::Nanosecond,
         _ => TimeUnit::Microsecond,
     }
+}
+
+/// The time zone a declared type names in quotes (`TIMESTAMPTZ 'Europe/Paris'(3)`):
+/// the name before it and the zone.
+fn zoned(declared: &str) -> Option<(&str, &str)> {
+    let (name, rest) = declared.trim().split_once('\'')?;
+    let (zone, _) = rest.split_once('\'')?;
+    Some((name.trim(), zone))
+}
+
+/// Whether Quiver writes `zone` into a declared type: a zone name or offset as Arrow
+/// writes them (letters, digits, `/`, `_`, `+`, `-`, `:`), not `UTC`.
+fn declarable_zone(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone.len() <= 64
+        && zone != "UTC"
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-:".contains(&b))
+}
+
+/// The size of `FIXED_BLOB(n)`, 1 ≤ n ≤ 2^31 − 1.
+fn fixed_size(declared: &str) -> Option<i32> {
+    let (_, rest) = declared.split_once('(')?;
+    let size: i32 = rest.split(')').next()?.trim().parse().ok()?;
+    (size > 0).then_some(size)
 }
 
 /// The precision and scale of `DECIMAL(p, s)` / `NUMERIC(p)`, when Arrow's
@@ -165,7 +218,24 @@ pub fn declared_type_for_arrow(data_type: &DataType) -> Option<String> {
         // TEXT affinity keeps every digit (NUMERIC affinity would store a REAL).
         return Some(format!("DECIMAL_TEXT({precision}, {scale})"));
     }
-    declared_name_for_arrow(data_type).map(str::to_owned)
+    match data_type {
+        DataType::FixedSizeBinary(size) if *size > 0 => Some(format!("FIXED_BLOB({size})")),
+        DataType::FixedSizeBinary(_) => None,
+        DataType::Timestamp(unit, Some(zone)) if declarable_zone(zone) => {
+            let precision = match unit {
+                TimeUnit::Second => "(0)",
+                TimeUnit::Millisecond => "(3)",
+                TimeUnit::Microsecond => "",
+                TimeUnit::Nanosecond => "(9)",
+            };
+            Some(format!("TIMESTAMPTZ '{zone}'{precision}"))
+        }
+        // A zone Quiver would not write into a declared type is refused (the values
+        // would read back in UTC), as are types no column holds.
+        DataType::Timestamp(_, Some(zone)) if zone.as_ref() != "UTC" => None,
+        _ if !crate::value::is_writable(data_type) => None,
+        _ => declared_name_for_arrow(data_type).map(str::to_owned),
+    }
 }
 
 /// The declared type name of an Arrow type without parameters.
@@ -187,12 +257,14 @@ fn declared_name_for_arrow(data_type: &DataType) -> Option<&'static str> {
         DataType::UInt32 => "UINT32",
         DataType::Float16 | DataType::Float32 => "FLOAT4",
         DataType::Float64 => "REAL",
-        DataType::Decimal128(_, _) | DataType::Decimal256(_, _) | DataType::UInt64 => "NUMERIC",
+        DataType::UInt64 => "UINT64",
+        DataType::Null => "NULLTYPE",
         DataType::Utf8 | DataType::Utf8View => "TEXT",
         DataType::LargeUtf8 => "LONGTEXT",
-        DataType::Binary | DataType::BinaryView | DataType::FixedSizeBinary(_) => "BLOB",
+        DataType::Binary | DataType::BinaryView => "BLOB",
         DataType::LargeBinary => "LONGBLOB",
-        DataType::Date32 | DataType::Date64 => "DATE",
+        DataType::Date32 => "DATE",
+        DataType::Date64 => "DATE64",
         DataType::Timestamp(unit, None) => match precision(unit) {
             "(0)" => "TIMESTAMP(0)",
             "(3)" => "TIMESTAMP(3)",
@@ -205,7 +277,16 @@ fn declared_name_for_arrow(data_type: &DataType) -> Option<&'static str> {
             "(9)" => "TIMESTAMPTZ(9)",
             _ => "TIMESTAMPTZ",
         },
-        DataType::Time32(_) | DataType::Time64(_) => "TIME",
+        DataType::Time32(TimeUnit::Second) => "TIME(0)",
+        DataType::Time32(_) => "TIME(3)",
+        DataType::Time64(TimeUnit::Nanosecond) => "TIME(9)",
+        DataType::Time64(_) => "TIME",
+        DataType::Duration(unit) => match precision(unit) {
+            "(0)" => "DURATION(0)",
+            "(3)" => "DURATION(3)",
+            "(9)" => "DURATION(9)",
+            _ => "DURATION",
+        },
         _ => return None,
     })
 }
@@ -269,6 +350,14 @@ mod tests {
                 "TIMESTAMPTZ(3)",
                 DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             ),
+            ("TIME(3)", DataType::Time32(TimeUnit::Millisecond)),
+            ("time(9)", DataType::Time64(TimeUnit::Nanosecond)),
+            ("FIXED_BLOB(4)", DataType::FixedSizeBinary(4)),
+            ("DURATION(3)", DataType::Duration(TimeUnit::Millisecond)),
+            (
+                "TIMESTAMPTZ 'America/New_York'(9)",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("America/New_York".into())),
+            ),
         ];
         for (arrow, _) in [
             (DataType::Timestamp(TimeUnit::Second, None), ()),
@@ -282,16 +371,39 @@ mod tests {
             (DataType::LargeBinary, ()),
             (DataType::Decimal128(38, 10), ()),
             (DataType::Decimal128(5, 0), ()),
+            (DataType::UInt64, ()),
+            (DataType::Date64, ()),
+            (DataType::Null, ()),
+            (DataType::FixedSizeBinary(16), ()),
+            (DataType::Time32(TimeUnit::Second), ()),
+            (DataType::Time32(TimeUnit::Millisecond), ()),
+            (DataType::Time64(TimeUnit::Microsecond), ()),
+            (DataType::Time64(TimeUnit::Nanosecond), ()),
+            (DataType::Duration(TimeUnit::Second), ()),
+            (DataType::Duration(TimeUnit::Nanosecond), ()),
+            (DataType::Duration(TimeUnit::Microsecond), ()),
+            (
+                DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Paris".into())),
+                (),
+            ),
+            (
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("+05:30".into())),
+                (),
+            ),
         ] {
             let declared = declared_type_for_arrow(&arrow).unwrap();
             let back = arrow_type_for_declared(&declared).unwrap();
-            let expected = match &arrow {
-                DataType::Timestamp(unit, Some(_)) => {
-                    DataType::Timestamp(*unit, Some("UTC".into()))
-                }
-                other => other.clone(),
-            };
-            assert_eq!(back, expected, "{declared}");
+            assert_eq!(back, arrow, "{declared}");
+        }
+        // Zones Quiver would not write into a declared type, and types no column
+        // holds, are refused.
+        for arrow in [
+            DataType::Timestamp(TimeUnit::Second, Some("Europe/Paris'); DROP".into())),
+            DataType::Decimal256(60, 2),
+            DataType::List(arrow::datatypes::Field::new("item", DataType::Int64, true).into()),
+            DataType::FixedSizeBinary(0),
+        ] {
+            assert_eq!(declared_type_for_arrow(&arrow), None, "{arrow}");
         }
         for (declared, expected) in cases {
             assert_eq!(
