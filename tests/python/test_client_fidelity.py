@@ -584,3 +584,52 @@ def test_declared_types_read_as_a_user_expects(writable_server, writer, store):
     hours, minutes, seconds = (int(part) for part in clock.split(":"))
     nanos = ((hours * 60 + minutes) * 60 + seconds) * 10**9 + int(fraction.ljust(9, "0"))
     assert table.column("l").cast(pa.int64()).to_pylist() == [nanos]
+
+
+# The Arrow types each XDBC type family of GetXdbcTypeInfo reads back as.
+XDBC_FAMILIES = {
+    -7: lambda t: t == pa.bool_(),
+    -6: lambda t: t in (pa.int8(), pa.uint8()),
+    5: lambda t: t in (pa.int16(), pa.uint16()),
+    4: lambda t: t in (pa.int32(), pa.uint32()),
+    -5: lambda t: t in (pa.int64(), pa.uint64()),
+    7: lambda t: t == pa.float32(),
+    8: lambda t: t == pa.float64(),
+    3: pa.types.is_decimal,
+    12: lambda t: t == pa.string(),
+    -1: lambda t: t == pa.large_string(),
+    -2: pa.types.is_fixed_size_binary,
+    -3: lambda t: t == pa.binary(),
+    -4: lambda t: t == pa.large_binary(),
+    91: pa.types.is_date,
+    92: pa.types.is_time,
+    93: pa.types.is_timestamp,
+    10: lambda t: pa.types.is_duration(t) or pa.types.is_interval(t),
+}
+
+
+def test_type_info_lists_types_that_ddl_accepts_and_read_back_in_their_family(writable_server, writer):
+    """Every type GetXdbcTypeInfo lists is one DDL on this store accepts, and a column
+    of it reads back as an Arrow type of the listed XDBC family (unsigned where the
+    answer says so)."""
+    from pyarrow import flight
+
+    from hostile_clients import any_of
+
+    client = flight.FlightClient(writable_server.grpc_uri)
+    try:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(any_of("CommandGetXdbcTypeInfo", b"")))
+        types = client.do_get(info.endpoints[0].ticket).read_all().to_pylist()
+    finally:
+        client.close()
+    assert len(types) >= 14
+    for index, row in enumerate(types):
+        params = {"DECIMAL": "(12, 3)", "numeric": "(12, 3)", "FIXED_BLOB": "(4)"}.get(row["type_name"], "")
+        table = f"xdbc_type_{index}"
+        writer.cursor().execute(f"CREATE TABLE {table} (c {row['type_name']}{params})")
+        cur = writer.cursor()
+        cur.execute(f"SELECT c FROM {table}")
+        read = cur.fetch_arrow_table().schema.field("c").type
+        assert XDBC_FAMILIES[row["data_type"]](read), (row["type_name"], row["data_type"], read)
+        if row["unsigned_attribute"] is not None:
+            assert row["unsigned_attribute"] == (pa.types.is_unsigned_integer(read)), (row["type_name"], read)

@@ -53,7 +53,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::cancel::Queries;
 use self::handle::StatementHandle;
-use self::metadata::{KeyFilter, SQL_INFO, XDBC_TYPE_INFO};
+use self::metadata::{KeyFilter, SQL_INFO};
 use crate::connection::{ConnectionId, connection_of};
 use crate::error::{Error, Result};
 use crate::subscriptions::{self, Hub};
@@ -430,7 +430,9 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.describe(
-            &query.into_builder(&XDBC_TYPE_INFO).schema(),
+            &query
+                .into_builder(metadata::xdbc_type_info(self.engine.store().dialect()))
+                .schema(),
             query,
             request,
         )
@@ -443,7 +445,7 @@ impl FlightSqlService for QuiverFlightSqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.answer(
             query
-                .into_builder(&XDBC_TYPE_INFO)
+                .into_builder(metadata::xdbc_type_info(self.engine.store().dialect()))
                 .build()
                 .map_err(Error::from),
         )

@@ -84,122 +84,122 @@ pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     builder.build().expect("static SqlInfo values build")
 });
 
-fn type_info(
-    name: &str,
-    data_type: XdbcDataType,
-    sql_data_type: XdbcDataType,
-    subcode: Option<XdbcDatetimeSubcode>,
-    quote: bool,
-) -> XdbcTypeInfo {
+/// One `GetXdbcTypeInfo` row: a type name DDL accepts, its XDBC type, and whether it
+/// is unsigned.
+fn type_info(name: &str, data_type: XdbcDataType, unsigned: bool) -> XdbcTypeInfo {
     use XdbcDataType as T;
     let decimal_radix = matches!(
         data_type,
-        T::XdbcSmallint | T::XdbcInteger | T::XdbcBigint | T::XdbcDecimal
+        T::XdbcTinyint | T::XdbcSmallint | T::XdbcInteger | T::XdbcBigint | T::XdbcDecimal
     );
     let numeric = decimal_radix || matches!(data_type, T::XdbcReal | T::XdbcDouble);
+    let quoted = !numeric && data_type != T::XdbcBit;
+    let (sql_data_type, datetime_subcode) = match data_type {
+        T::XdbcDate => (T::XdbcDatetime, Some(XdbcDatetimeSubcode::XdbcSubcodeYear)),
+        T::XdbcTime => (T::XdbcDatetime, Some(XdbcDatetimeSubcode::XdbcSubcodeTime)),
+        T::XdbcTimestamp => (
+            T::XdbcDatetime,
+            Some(XdbcDatetimeSubcode::XdbcSubcodeTimestamp),
+        ),
+        other => (other, None),
+    };
+    let create_params = match data_type {
+        T::XdbcDecimal => Some(vec!["precision".to_owned(), "scale".to_owned()]),
+        T::XdbcBinary => Some(vec!["length".to_owned()]),
+        T::XdbcTime | T::XdbcTimestamp | T::XdbcInterval => Some(vec!["precision".to_owned()]),
+        _ => None,
+    };
     XdbcTypeInfo {
         type_name: name.to_owned(),
         data_type,
         column_size: None,
-        literal_prefix: quote.then(|| "'".to_owned()),
-        literal_suffix: quote.then(|| "'".to_owned()),
-        create_params: (data_type == T::XdbcDecimal)
-            .then(|| vec!["precision".to_owned(), "scale".to_owned()]),
+        literal_prefix: quoted.then(|| "'".to_owned()),
+        literal_suffix: quoted.then(|| "'".to_owned()),
+        create_params,
         nullable: Nullable::NullabilityNullable,
-        case_sensitive: matches!(data_type, XdbcDataType::XdbcVarchar),
+        case_sensitive: matches!(data_type, T::XdbcVarchar | T::XdbcLongvarchar),
         searchable: Searchable::Full,
-        unsigned_attribute: numeric.then_some(false),
+        unsigned_attribute: numeric.then_some(unsigned),
         fixed_prec_scale: data_type == T::XdbcDecimal,
         auto_increment: numeric.then_some(false),
         local_type_name: Some(name.to_owned()),
         minimum_scale: None,
         maximum_scale: None,
         sql_data_type,
-        datetime_subcode: subcode,
+        datetime_subcode,
         num_prec_radix: numeric.then_some(if decimal_radix { 10 } else { 2 }),
         interval_precision: None,
     }
 }
 
-/// The SQL types results can carry and DDL may declare on either store, answered to
-/// `GetXdbcTypeInfo` (each reads back as the Arrow type the README lists).
-pub static XDBC_TYPE_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
-    use XdbcDataType as T;
+/// `GetXdbcTypeInfo` for one store: the type names its DDL accepts, each read back as
+/// the Arrow type docs/types.md lists, in XDBC type order.
+fn type_infos(types: &[(&str, XdbcDataType, bool)]) -> XdbcTypeInfoData {
     let mut builder = XdbcTypeInfoDataBuilder::new();
-    builder.append(type_info("BOOLEAN", T::XdbcBit, T::XdbcBit, None, false));
-    builder.append(type_info(
-        "SMALLINT",
-        T::XdbcSmallint,
-        T::XdbcSmallint,
-        None,
-        false,
-    ));
-    builder.append(type_info(
-        "INTEGER",
-        T::XdbcInteger,
-        T::XdbcInteger,
-        None,
-        false,
-    ));
-    builder.append(type_info(
-        "BIGINT",
-        T::XdbcBigint,
-        T::XdbcBigint,
-        None,
-        false,
-    ));
-    builder.append(type_info("REAL", T::XdbcReal, T::XdbcReal, None, false));
-    builder.append(type_info(
-        "DECIMAL",
-        T::XdbcDecimal,
-        T::XdbcDecimal,
-        None,
-        false,
-    ));
-    builder.append(type_info(
-        "DOUBLE",
-        T::XdbcDouble,
-        T::XdbcDouble,
-        None,
-        false,
-    ));
-    builder.append(type_info(
-        "VARCHAR",
-        T::XdbcVarchar,
-        T::XdbcVarchar,
-        None,
-        true,
-    ));
-    builder.append(type_info(
-        "BLOB",
-        T::XdbcVarbinary,
-        T::XdbcVarbinary,
-        None,
-        true,
-    ));
-    builder.append(type_info(
-        "DATE",
-        T::XdbcDate,
-        T::XdbcDatetime,
-        Some(XdbcDatetimeSubcode::XdbcSubcodeYear),
-        true,
-    ));
-    builder.append(type_info(
-        "TIME",
-        T::XdbcTime,
-        T::XdbcDatetime,
-        Some(XdbcDatetimeSubcode::XdbcSubcodeTime),
-        true,
-    ));
-    builder.append(type_info(
-        "TIMESTAMP",
-        T::XdbcTimestamp,
-        T::XdbcDatetime,
-        Some(XdbcDatetimeSubcode::XdbcSubcodeTimestamp),
-        true,
-    ));
+    for (name, data_type, unsigned) in types {
+        builder.append(type_info(name, *data_type, *unsigned));
+    }
     builder.build().expect("static type info builds")
+}
+
+/// The types of SQLite columns Quiver reads and creates.
+static SQLITE_TYPE_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
+    use XdbcDataType as T;
+    type_infos(&[
+        ("BOOLEAN", T::XdbcBit, false),
+        ("TINYINT", T::XdbcTinyint, false),
+        ("UINT8", T::XdbcTinyint, true),
+        ("SMALLINT", T::XdbcSmallint, false),
+        ("UINT16", T::XdbcSmallint, true),
+        ("INT32", T::XdbcInteger, false),
+        ("UINT32", T::XdbcInteger, true),
+        ("INTEGER", T::XdbcBigint, false),
+        ("UINT64", T::XdbcBigint, true),
+        ("FLOAT4", T::XdbcReal, false),
+        ("REAL", T::XdbcDouble, false),
+        ("DECIMAL", T::XdbcDecimal, false),
+        ("TEXT", T::XdbcVarchar, false),
+        ("LONGTEXT", T::XdbcLongvarchar, false),
+        ("FIXED_BLOB", T::XdbcBinary, false),
+        ("BLOB", T::XdbcVarbinary, false),
+        ("LONGBLOB", T::XdbcLongvarbinary, false),
+        ("DATE", T::XdbcDate, false),
+        ("DATE64", T::XdbcDate, false),
+        ("TIME", T::XdbcTime, false),
+        ("TIMESTAMP", T::XdbcTimestamp, false),
+        ("TIMESTAMPTZ", T::XdbcTimestamp, false),
+        ("DURATION", T::XdbcInterval, false),
+    ])
 });
+
+/// The types of PostgreSQL columns Quiver reads as Arrow types of their own.
+static POSTGRES_TYPE_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
+    use XdbcDataType as T;
+    type_infos(&[
+        ("boolean", T::XdbcBit, false),
+        ("smallint", T::XdbcSmallint, false),
+        ("integer", T::XdbcInteger, false),
+        ("bigint", T::XdbcBigint, false),
+        ("real", T::XdbcReal, false),
+        ("double precision", T::XdbcDouble, false),
+        ("numeric", T::XdbcDecimal, false),
+        ("text", T::XdbcVarchar, false),
+        ("bytea", T::XdbcVarbinary, false),
+        ("date", T::XdbcDate, false),
+        ("time", T::XdbcTime, false),
+        ("timestamp", T::XdbcTimestamp, false),
+        ("timestamptz", T::XdbcTimestamp, false),
+        ("interval", T::XdbcInterval, false),
+    ])
+});
+
+/// The `GetXdbcTypeInfo` answer for a store of `dialect`.
+pub fn xdbc_type_info(dialect: quiver_storage::Dialect) -> &'static XdbcTypeInfoData {
+    match dialect {
+        quiver_storage::Dialect::Sqlite => &SQLITE_TYPE_INFO,
+        quiver_storage::Dialect::Postgres => &POSTGRES_TYPE_INFO,
+    }
+}
 
 /// The `GetCatalogs` rows: the one catalog.
 pub fn catalogs(query: CommandGetCatalogs, catalog_name: &str) -> Result<RecordBatch> {
