@@ -1179,3 +1179,38 @@ def test_metrics_count_subscribers_and_deliveries(writable_server, subscriptions
         lambda m: m["quiver_subscriptions_active"] <= active - 1,
         "one subscription fewer after a cancel",
     )
+
+
+def test_a_change_stream_carries_every_arrow_type_as_ingested(writable_server, store, writer):
+    """Rows of every Arrow type a client ingests arrive on a Flight change stream with
+    the table's own types and the values written (PostgreSQL keeps microseconds): the
+    change log keeps what the read path reads."""
+    from arrow_types import every_type_table, to_microseconds
+
+    data = every_type_table()
+    writer.cursor().adbc_ingest("every_type_feed", data.slice(0, 1), mode="create")
+    start = clock(store)
+    client = flight.FlightClient(writable_server.grpc_uri)
+    try:
+        follow = flight_subscribe(client, {"tables": ["every_type_feed"], "from_version": start})
+        try:
+            writer.cursor().adbc_ingest("every_type_feed", data, mode="append")
+            follow.wait(lambda f: f.rows() >= data.num_rows, f"{data.num_rows} inserts")
+            table = follow.table()
+        finally:
+            follow.cancel()
+    finally:
+        client.close()
+    assert table.column("_op").to_pylist() == ["insert"] * data.num_rows
+    changed = table.select(data.column_names).sort_by("n")
+    for field in data.schema:
+        got = changed.schema.field(field.name).type
+        assert got == field.type, (field.name, got)
+        expected = data.column(field.name).combine_chunks()
+        if writable_server.kind == "postgres":
+            expected = to_microseconds(expected)
+        assert changed.column(field.name).combine_chunks().equals(expected), (
+            field.name,
+            changed.column(field.name).to_pylist(),
+            expected.to_pylist(),
+        )

@@ -143,7 +143,8 @@ BEGIN
     INSERT INTO _quiver._quiver_changes (table_name, op, row_key, row_after)
     SELECT _quiver._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'insert',
            _quiver._quiver_key(r.j, TG_ARGV), r.j
-    FROM (SELECT to_jsonb(n) AS j FROM _quiver_new AS n) AS r;
+    -- `n.*`, not `n`: a column named `n` would shadow the row.
+    FROM (SELECT to_jsonb(n.*) AS j FROM _quiver_new AS n) AS r;
     RETURN NULL;
 END $$;
 
@@ -154,7 +155,7 @@ BEGIN
     INSERT INTO _quiver._quiver_changes (table_name, op, row_key, row_before)
     SELECT _quiver._quiver_table_name(TG_TABLE_SCHEMA, TG_TABLE_NAME), 'delete',
            _quiver._quiver_key(r.j, TG_ARGV), r.j
-    FROM (SELECT to_jsonb(o) AS j FROM _quiver_old AS o) AS r;
+    FROM (SELECT to_jsonb(o.*) AS j FROM _quiver_old AS o) AS r;
     RETURN NULL;
 END $$;
 

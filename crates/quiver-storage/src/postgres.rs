@@ -642,7 +642,17 @@ pub(crate) fn finish_batch(
     schema: &SchemaRef,
     count: usize,
 ) -> Result<RecordBatch> {
-    let columns = decoders.iter_mut().map(Decoder::finish).collect();
+    let columns = decoders
+        .iter_mut()
+        .zip(schema.fields())
+        .map(|(decoder, field)| {
+            decoder.finish().map_err(|message| Error::Conversion {
+                column: field.name().clone(),
+                value: message,
+                target: field.data_type().to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(count));
     Ok(RecordBatch::try_new_with_options(
         Arc::clone(schema),

@@ -330,6 +330,14 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
         let value = parse_decimal::<Decimal128Type>(digits, *precision, *scale).ok()?;
         return Some(ScalarValue::Decimal128(Some(value), *precision, *scale));
     }
+    if matches!(
+        data_type,
+        DataType::Float16 | DataType::Float32 | DataType::Float64
+    ) && let Ok(number) = text.parse::<f64>()
+    {
+        // Rust's parser rounds correctly (serde_json's may overflow at the extremes).
+        return ScalarValue::Float64(Some(number)).cast_to(data_type).ok();
+    }
     let json: serde_json::Value = serde_json::from_str(text).ok()?;
     use serde_json::Value as J;
     let integer = |json: &J| -> Option<i64> {
@@ -369,8 +377,12 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
         | DataType::Int64
         | DataType::UInt8
         | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => cast(ScalarValue::Int64(Some(integer(&json)?))),
+        | DataType::UInt32 => cast(ScalarValue::Int64(Some(integer(&json)?))),
+        DataType::UInt64 => Some(ScalarValue::UInt64(Some(match &json {
+            J::Number(n) => n.as_u64()?,
+            J::String(s) => s.trim().parse().ok()?,
+            _ => return None,
+        }))),
         DataType::Float16 | DataType::Float32 | DataType::Float64 => {
             cast(ScalarValue::Float64(Some(float(&json)?)))
         }
@@ -435,7 +447,20 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
             ))),
             _ => None,
         },
-        DataType::Duration(_) => cast(ScalarValue::Int64(Some(integer(&json)?))),
+        DataType::Duration(unit) => match &json {
+            // PostgreSQL's interval text.
+            J::String(s) => cast(ScalarValue::DurationMicrosecond(Some(interval_micros(s)?))),
+            // SQLite's count of the column's unit.
+            _ => {
+                let count = Some(integer(&json)?);
+                Some(match unit {
+                    TimeUnit::Second => ScalarValue::DurationSecond(count),
+                    TimeUnit::Millisecond => ScalarValue::DurationMillisecond(count),
+                    TimeUnit::Microsecond => ScalarValue::DurationMicrosecond(count),
+                    TimeUnit::Nanosecond => ScalarValue::DurationNanosecond(count),
+                })
+            }
+        },
         DataType::Null => Some(ScalarValue::Null),
         other => {
             let text = match json {
@@ -445,6 +470,44 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
             ScalarValue::Utf8(Some(text)).cast_to(other).ok()
         }
     }
+}
+
+/// PostgreSQL's text of an interval without months (`1 day 02:00:00`,
+/// `-00:00:00.000005`, `277:46:40`) in microseconds.
+fn interval_micros(text: &str) -> Option<i64> {
+    let mut micros = 0i64;
+    let mut rest = text.trim();
+    if let Some((count, after)) = rest.split_once(' ') {
+        let (unit, after) = after.split_once(' ').unwrap_or((after, ""));
+        if unit != "day" && unit != "days" {
+            return None;
+        }
+        micros = count.parse::<i64>().ok()?.checked_mul(86_400_000_000)?;
+        rest = after.trim_start();
+        if rest.is_empty() {
+            return Some(micros);
+        }
+    }
+    let (negative, clock) = match rest.strip_prefix('-') {
+        Some(clock) => (true, clock),
+        None => (false, rest),
+    };
+    let mut parts = clock.splitn(3, ':');
+    let hours: i64 = parts.next()?.parse().ok()?;
+    let minutes: i64 = parts.next()?.parse().ok()?;
+    let seconds = parts.next()?;
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    if fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let fraction: i64 = format!("{fraction:0<6}").parse().ok()?;
+    let clock = hours
+        .checked_mul(3_600)?
+        .checked_add(minutes.checked_mul(60)?)?
+        .checked_add(whole.parse().ok()?)?
+        .checked_mul(1_000_000)?
+        .checked_add(fraction)?;
+    micros.checked_add(if negative { -clock } else { clock })
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -559,7 +622,58 @@ mod tests {
                 ScalarValue::Decimal128(Some(1_234_567_890_123_456_789), 20, 2),
             ),
             ("null", DataType::Int64, ScalarValue::Int64(None)),
+            (
+                "18446744073709551615",
+                DataType::UInt64,
+                ScalarValue::UInt64(Some(u64::MAX)),
+            ),
+            (
+                "\"1 day 02:00:00.5\"",
+                DataType::Duration(TimeUnit::Millisecond),
+                ScalarValue::DurationMillisecond(Some(93_600_500)),
+            ),
+            (
+                "\"-00:00:00.000005\"",
+                DataType::Duration(TimeUnit::Microsecond),
+                ScalarValue::DurationMicrosecond(Some(-5)),
+            ),
+            (
+                "\"277:46:40\"",
+                DataType::Duration(TimeUnit::Second),
+                ScalarValue::DurationSecond(Some(1_000_000)),
+            ),
+            (
+                "-7",
+                DataType::Duration(TimeUnit::Nanosecond),
+                ScalarValue::DurationNanosecond(Some(-7)),
+            ),
+            (
+                "\"23:59:59.123456789\"",
+                DataType::Time64(TimeUnit::Nanosecond),
+                ScalarValue::Time64Nanosecond(Some(86_399_123_456_789)),
+            ),
+            (
+                "\"12:00:01.5\"",
+                DataType::Time32(TimeUnit::Millisecond),
+                ScalarValue::Time32Millisecond(Some(43_201_500)),
+            ),
+            (
+                "\"2024-01-01 00:00:00.000000001\"",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                ScalarValue::TimestampNanosecond(Some(1_704_067_200_000_000_001), None),
+            ),
+            (
+                "\"00ff\"",
+                DataType::FixedSizeBinary(2),
+                ScalarValue::FixedSizeBinary(2, Some(vec![0, 255])),
+            ),
         ];
+        // PostgreSQL's jsonb of the lowest double: shortest digits, then zeros.
+        let lowest = format!("-17976931348623157{}", "0".repeat(292));
+        assert_eq!(
+            decode_value(Some(&raw(&lowest)), &DataType::Float64),
+            Some(ScalarValue::Float64(Some(f64::MIN)))
+        );
         for (json, data_type, expected) in cases {
             let value = decode_value(Some(&raw(json)), &data_type);
             assert_eq!(value, Some(expected), "{json} as {data_type}");

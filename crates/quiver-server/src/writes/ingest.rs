@@ -81,7 +81,8 @@ impl Writer {
             dialect.quote_identifier(&table)
         );
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let create = create_table_sql(&target, schema, dialect)?;
+        let mut create = vec![create_table_sql(&target, schema, dialect)?];
+        create.extend(recorded_types_sql(&target, schema, dialect));
         let mut steps = Vec::new();
         match (&existing, options.if_exists(), options.if_not_exist()) {
             (Some(_), TableExistsOption::Fail | TableExistsOption::Unspecified, _) => {
@@ -92,9 +93,9 @@ impl Writer {
             (Some(info), TableExistsOption::Append, _) => check_append(info, schema)?,
             (Some(_), TableExistsOption::Replace, _) => {
                 steps.push(format!("DROP TABLE {target}"));
-                steps.push(create);
+                steps.extend(create);
             }
-            (None, _, TableNotExistOption::Create) => steps.push(create),
+            (None, _, TableNotExistOption::Create) => steps.extend(create),
             (None, _, _) => {
                 return Err(Error::NotFound(format!(
                     "table '{table}' does not exist (ingest mode append)"
@@ -250,6 +251,28 @@ fn decoded_bytes(column: &arrow::array::ArrayRef) -> usize {
         .into_iter()
         .map(|key| usize::try_from(lengths.value(key)).unwrap_or(0))
         .sum()
+}
+
+/// On PostgreSQL, a `COMMENT ON COLUMN` for each column whose type reads back as
+/// another Arrow type than the client sent (`Int8` in a `smallint`): the comment
+/// records the Arrow type, and the column reads back as it while its type stays.
+/// (SQLite records it in the declared type.)
+fn recorded_types_sql(target: &str, schema: &Schema, dialect: Dialect) -> Vec<String> {
+    if dialect != Dialect::Postgres {
+        return Vec::new();
+    }
+    schema
+        .fields()
+        .iter()
+        .filter_map(|field| {
+            let comment = quiver_storage::postgres::types::comment_for(field.data_type())?;
+            Some(format!(
+                "COMMENT ON COLUMN {target}.{} IS '{}'",
+                dialect.quote_identifier(field.name()),
+                comment.replace('\'', "''")
+            ))
+        })
+        .collect()
 }
 
 /// `CREATE TABLE` for an Arrow schema in the store's types.

@@ -29,7 +29,8 @@ fn columns_sql() -> String {
         "SELECT n.nspname, c.relname, c.relkind::text, c.reltuples::float8,
                 a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid::int8,
                 a.atttypmod, a.attnotnull, t.typtype::text,
-                et.oid::int8, et.typtype::text, pg_get_expr(d.adbin, d.adrelid)
+                et.oid::int8, et.typtype::text, pg_get_expr(d.adbin, d.adrelid),
+                col_description(c.oid, a.attnum)
          FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -106,11 +107,13 @@ pub(crate) async fn read_catalog(client: &Client) -> Result<Catalog> {
         let typtype: String = row.get(9);
         let element_oid: Option<i64> = row.get(10);
         let element_typtype: Option<String> = row.get(11);
+        let comment: Option<String> = row.get(13);
         let mapping = map_type(ColumnType {
             oid: row.get::<_, i64>(6) as u32,
             typmod: row.get(7),
             typtype: &typtype,
             element: element_oid.map(|oid| (oid as u32, element_typtype.as_deref().unwrap_or("b"))),
+            comment: comment.as_deref(),
         });
         let column = ColumnInfo {
             name: row.get(4),

@@ -73,6 +73,11 @@ pub(crate) enum Decoder {
         nulls: NullBufferBuilder,
         item: Box<Decoder>,
     },
+    /// A column read as PostgreSQL's own type, then cast to the Arrow type ingest
+    /// recorded for it (`Int8` kept in a `smallint`).
+    Cast(Box<Decoder>, DataType),
+    /// A `Null` column: the number of rows (every value NULL).
+    Null(usize),
 }
 
 fn be<const N: usize>(raw: &[u8]) -> Result<[u8; N], String> {
@@ -214,7 +219,14 @@ impl Decoder {
                     item: Box::new(Decoder::new(field.data_type(), &element, capacity)?),
                 }
             }
-            other => return Err(format!("no PostgreSQL decoder for Arrow type {other}")),
+            DataType::Null => Decoder::Null(0),
+            other => match super::types::native_type(other) {
+                Some(native) if native != *other => Decoder::Cast(
+                    Box::new(Decoder::new(&native, pg, capacity)?),
+                    other.clone(),
+                ),
+                _ => return Err(format!("no PostgreSQL decoder for Arrow type {other}")),
+            },
         })
     }
 
@@ -225,6 +237,8 @@ impl Decoder {
             return Ok(());
         };
         match self {
+            Decoder::Cast(native, _) => return native.append(Some(raw)),
+            Decoder::Null(_) => return Err("a value in a column of Arrow type Null".to_owned()),
             Decoder::Boolean(b) => b.append_value(raw.first().is_some_and(|v| *v != 0)),
             Decoder::Int16(b) => b.append_value(
                 i16::try_from(int(raw)?).map_err(|_| "an integer out of Int16 range")?,
@@ -291,6 +305,8 @@ impl Decoder {
 
     fn append_null(&mut self) {
         match self {
+            Decoder::Cast(native, _) => native.append_null(),
+            Decoder::Null(rows) => *rows += 1,
             Decoder::Boolean(b) => b.append_null(),
             Decoder::Int16(b) => b.append_null(),
             Decoder::Int32(b) => b.append_null(),
@@ -312,9 +328,10 @@ impl Decoder {
         }
     }
 
-    /// The values appended so far as an array; the decoder starts over empty.
-    pub(crate) fn finish(&mut self) -> ArrayRef {
-        match self {
+    /// The values appended so far as an array; the decoder starts over empty. Fails
+    /// when a value does not fit the Arrow type recorded for its column.
+    pub(crate) fn finish(&mut self) -> Result<ArrayRef, String> {
+        Ok(match self {
             Decoder::Boolean(b) => Arc::new(b.finish()),
             Decoder::Int16(b) => Arc::new(b.finish()),
             Decoder::Int32(b) => Arc::new(b.finish()),
@@ -328,13 +345,24 @@ impl Decoder {
             Decoder::Time(b) => Arc::new(b.finish()),
             Decoder::Timestamp(b) => Arc::new(b.finish()),
             Decoder::Interval(b) => Arc::new(b.finish()),
+            Decoder::Null(rows) => Arc::new(arrow::array::NullArray::new(std::mem::take(rows))),
+            Decoder::Cast(native, data_type) => {
+                // A value the recorded type does not hold (written outside Quiver)
+                // fails instead of turning NULL.
+                let options = arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                arrow::compute::cast_with_options(&native.finish()?, data_type, &options)
+                    .map_err(|err| err.to_string())?
+            }
             Decoder::List {
                 field,
                 offsets,
                 nulls,
                 item,
             } => {
-                let values = item.finish();
+                let values = item.finish()?;
                 let taken = std::mem::replace(offsets, vec![0]);
                 let offsets = OffsetBuffer::new(taken.into());
                 Arc::new(ListArray::new(
@@ -344,7 +372,7 @@ impl Decoder {
                     nulls.finish(),
                 ))
             }
-        }
+        })
     }
 }
 
@@ -701,7 +729,7 @@ mod tests {
         let mut decoder = Decoder::new(&data_type, &Type::INT4_ARRAY, 4).unwrap();
         decoder.append(Some(&raw)).unwrap();
         decoder.append(None).unwrap();
-        let array = decoder.finish();
+        let array = decoder.finish().unwrap();
         let list = array.as_any().downcast_ref::<ListArray>().unwrap();
         assert_eq!(list.len(), 2);
         assert!(list.is_null(1));

@@ -73,7 +73,12 @@ pub struct ColumnType<'a> {
     pub typtype: &'a str,
     /// For arrays, the element type's oid, typtype; otherwise `None`.
     pub element: Option<(u32, &'a str)>,
+    /// The column's comment: where ingest records the Arrow type it was created for.
+    pub comment: Option<&'a str>,
 }
+
+/// How a column comment records the Arrow type ingest created the column for.
+pub const ARROW_TYPE_COMMENT: &str = "quiver:arrow=";
 
 fn numeric(typmod: i32) -> DataType {
     if typmod >= 4 {
@@ -131,7 +136,7 @@ pub fn map_type(column: ColumnType<'_>) -> Mapping {
     };
     match mapped {
         Some(data_type) => Mapping {
-            data_type,
+            data_type: recorded_type(column.comment, &data_type).unwrap_or(data_type),
             read_as_text: false,
         },
         None => Mapping {
@@ -139,6 +144,51 @@ pub fn map_type(column: ColumnType<'_>) -> Mapping {
             read_as_text: true,
         },
     }
+}
+
+/// The Arrow type a column comment records, when the column still has the type
+/// ingest created for it (`native`: what that type reads as without the record).
+fn recorded_type(comment: Option<&str>, native: &DataType) -> Option<DataType> {
+    let recorded: DataType = comment?.strip_prefix(ARROW_TYPE_COMMENT)?.parse().ok()?;
+    (native_type(&recorded).as_ref() == Some(native)).then_some(recorded)
+}
+
+/// The Arrow type a column created for `data_type` reads as from PostgreSQL's own
+/// type (`Int8` → `smallint` → `Int16`); `None` when no column holds it.
+pub fn native_type(data_type: &DataType) -> Option<DataType> {
+    if !crate::value::is_writable(data_type) {
+        return None;
+    }
+    Some(match data_type {
+        DataType::Int8 | DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 => DataType::Int64,
+        DataType::UInt64 => DataType::Decimal128(20, 0),
+        DataType::Float16 => DataType::Float32,
+        DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => DataType::Utf8,
+        DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            DataType::Binary
+        }
+        DataType::Date64 => DataType::Date32,
+        DataType::Time32(_) | DataType::Time64(_) => DataType::Time64(TimeUnit::Microsecond),
+        DataType::Timestamp(_, zone) => {
+            DataType::Timestamp(TimeUnit::Microsecond, zone.as_ref().map(|_| "UTC".into()))
+        }
+        DataType::Duration(_) => DataType::Interval(IntervalUnit::MonthDayNano),
+        other => other.clone(),
+    })
+}
+
+/// The comment ingest gives a column created for `data_type`, when PostgreSQL's own
+/// type would read back as another Arrow type.
+pub fn comment_for(data_type: &DataType) -> Option<String> {
+    let native = native_type(data_type)?;
+    // View types and `Float16` read back as their plain kin on both stores.
+    let plain = matches!(
+        data_type,
+        DataType::Utf8View | DataType::BinaryView | DataType::Float16
+    );
+    (native != *data_type && !plain).then(|| format!("{ARROW_TYPE_COMMENT}{data_type}"))
 }
 
 /// The PostgreSQL type a column of `data_type` is created with (ingest, demo), or
@@ -182,7 +232,62 @@ mod tests {
             typmod,
             typtype: "b",
             element: None,
+            comment: None,
         })
+    }
+
+    #[test]
+    fn recorded_arrow_types_read_back_while_the_column_keeps_its_type() {
+        let units = [
+            TimeUnit::Second,
+            TimeUnit::Millisecond,
+            TimeUnit::Microsecond,
+            TimeUnit::Nanosecond,
+        ];
+        let mut types = vec![
+            DataType::Int8,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::LargeUtf8,
+            DataType::LargeBinary,
+            DataType::FixedSizeBinary(16),
+            DataType::Date64,
+            DataType::Null,
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("+05:30".into())),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Paris".into())),
+        ];
+        for unit in units {
+            types.push(DataType::Duration(unit));
+            types.push(DataType::Timestamp(unit, None));
+        }
+        types.push(DataType::Time32(TimeUnit::Second));
+        types.push(DataType::Time32(TimeUnit::Millisecond));
+        types.push(DataType::Time64(TimeUnit::Nanosecond));
+        types.retain(|t| *t != DataType::Timestamp(TimeUnit::Microsecond, None));
+        for data_type in types {
+            let comment = comment_for(&data_type).expect("recorded");
+            let native = native_type(&data_type).unwrap();
+            assert_eq!(
+                recorded_type(Some(&comment), &native),
+                Some(data_type.clone()),
+                "{comment}"
+            );
+            // A column whose type changed since is read by its type.
+            assert_eq!(recorded_type(Some(&comment), &DataType::Utf8View), None);
+        }
+        for same in [DataType::Int16, DataType::Utf8, DataType::Decimal128(10, 2)] {
+            assert_eq!(comment_for(&same), None, "{same}");
+        }
+        assert_eq!(
+            recorded_type(Some("a comment of the user's"), &DataType::Int16),
+            None
+        );
+        assert_eq!(
+            recorded_type(Some("quiver:arrow=Nonsense"), &DataType::Int16),
+            None
+        );
     }
 
     #[test]
@@ -246,6 +351,7 @@ mod tests {
             typmod: -1,
             typtype: "b",
             element: Some((Type::INT4.oid(), "b")),
+            comment: None,
         });
         assert_eq!(
             array.data_type,
@@ -256,6 +362,7 @@ mod tests {
             typmod: -1,
             typtype: "e",
             element: None,
+            comment: None,
         });
         assert_eq!(status.data_type, DataType::Utf8);
         assert!(!status.read_as_text);
