@@ -540,3 +540,32 @@ def test_type_info_lists_types_that_ddl_accepts_and_read_back_in_their_family(wr
         assert XDBC_FAMILIES[row["data_type"]](read), (row["type_name"], row["data_type"], read)
         if row["unsigned_attribute"] is not None:
             assert row["unsigned_attribute"] == (pa.types.is_unsigned_integer(read)), (row["type_name"], read)
+
+
+def test_a_recorded_type_holds_while_the_column_keeps_its_type(writable_server, writer, store):
+    """PostgreSQL: an Int8 column (a smallint with the Arrow type in its comment) reads
+    as Int8; a value written behind Quiver's back that Int8 does not hold fails the
+    query naming the column; once the column's type changes it reads as that type."""
+    if writable_server.kind != "postgres":
+        pytest.skip("SQLite records the Arrow type in the declared type itself")
+    import psycopg
+
+    writer.cursor().adbc_ingest("recorded_small", pa.table({"n": [1, 2], "small": pa.array([1, -2], pa.int8())}), mode="create")
+    cur = writer.cursor()
+    cur.execute("SELECT small FROM recorded_small ORDER BY n")
+    assert cur.fetch_arrow_table().schema.field("small").type == pa.int8()
+    with psycopg.connect(writable_server.db_url, autocommit=True) as direct:
+        direct.execute(f"UPDATE {writable_server.schema}.recorded_small SET small = 300 WHERE n = 2")
+    with pytest.raises(Exception) as raised:
+        cur = writer.cursor()
+        cur.execute("SELECT small FROM recorded_small ORDER BY n")
+        cur.fetch_arrow_table()
+    message = str(raised.value)
+    assert "FAILED_PRECONDITION" in message or "FailedPrecondition" in message, message
+    assert "'small'" in message, message
+    writer.cursor().execute("ALTER TABLE recorded_small ALTER COLUMN small TYPE integer")
+    cur = writer.cursor()
+    cur.execute("SELECT small FROM recorded_small ORDER BY n")
+    table = cur.fetch_arrow_table()
+    assert table.schema.field("small").type == pa.int32()
+    assert table.column("small").to_pylist() == [row[0] for row in store.rows("SELECT small FROM recorded_small ORDER BY n")] == [1, 300]

@@ -22,29 +22,15 @@
 //! Multi-dimensional arrays are read flattened into one list per value.
 //!
 //! # Ingest
-//! Bulk ingest creates each column with the nearest type that holds every value, so a
-//! column reads back as the Arrow type on the right:
-//!
-//! | Arrow (ingested)                              | PostgreSQL          | Arrow (read)              |
-//! |-----------------------------------------------|---------------------|---------------------------|
-//! | `Boolean`                                     | `boolean`           | `Boolean`                 |
-//! | `Int8`, `UInt8`, `Int16`                      | `smallint`          | `Int16`                   |
-//! | `UInt16`, `Int32`                             | `integer`           | `Int32`                   |
-//! | `UInt32`, `Int64`                             | `bigint`            | `Int64`                   |
-//! | `UInt64`                                      | `numeric(20, 0)`    | `Decimal128(20, 0)`       |
-//! | `Float16`, `Float32` / `Float64`              | `real` / `double precision` | `Float32` / `Float64` |
-//! | `Decimal128(p, s)`                            | `numeric(p, s)`     | `Decimal128(p, s)`        |
-//! | `Utf8`, `LargeUtf8`, `Utf8View`, `Null`       | `text`              | `Utf8`                    |
-//! | `Binary`, `LargeBinary`, `BinaryView`, `FixedSizeBinary(n)` | `bytea` | `Binary`              |
-//! | `Date32`, `Date64`                            | `date`              | `Date32`                  |
-//! | `Time32(s, ms)`, `Time64(µs, ns)`             | `time`              | `Time64(µs)`              |
-//! | `Timestamp(unit)`                             | `timestamp`         | `Timestamp(µs)`           |
-//! | `Timestamp(unit, zone)`                       | `timestamptz`       | `Timestamp(µs, "UTC")`    |
-//! | `Duration(unit)`                              | `interval`          | `Interval(MonthDayNano)`  |
-//!
-//! PostgreSQL keeps microseconds: nanoseconds below them are dropped (times,
-//! timestamps, durations). Any other type (lists, structs, `Decimal256`, intervals) is
-//! refused before anything is written, naming the column and the type.
+//! Bulk ingest creates each column with the nearest type that holds every value:
+//! `Int8`/`UInt8`/`Int16` → `smallint`, `UInt16`/`Int32` → `integer`,
+//! `UInt32`/`Int64` → `bigint`, `UInt64` → `numeric(20, 0)`, strings → `text`,
+//! binaries → `bytea`, `Date64` → `date`, times → `time`, durations → `interval`,
+//! `Null` → `text`. Where that type would read back as another Arrow type, a column
+//! comment records the one sent ([`comment_for`]); the column reads back as it while
+//! it keeps that type. PostgreSQL keeps microseconds: nanoseconds below them are
+//! dropped. Any other type (lists, structs, `Decimal256`, intervals) is refused before
+//! anything is written, naming the column and the type. docs/types.md has the table.
 
 use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
 use tokio_postgres::types::Type;
