@@ -569,3 +569,59 @@ def test_a_recorded_type_holds_while_the_column_keeps_its_type(writable_server, 
     table = cur.fetch_arrow_table()
     assert table.schema.field("small").type == pa.int32()
     assert table.column("small").to_pylist() == [row[0] for row in store.rows("SELECT small FROM recorded_small ORDER BY n")] == [1, 300]
+
+
+def view_bomb(rows, size=1 << 20, view_type=pa.string_view()):
+    """A view column of `rows` rows, each naming the same `size`-byte value: a message
+    of `16 * rows + size` bytes that is `rows * size` bytes once read."""
+    import struct
+
+    views = pa.py_buffer(struct.pack("<I4sII", size, b"xxxx", 0, 0) * rows)
+    return pa.Array.from_buffers(view_type, rows, [None, views, pa.py_buffer(b"x" * size)])
+
+
+def dictionary_bomb(rows, size=1 << 20):
+    return pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * size]))
+
+
+@pytest.mark.parametrize("view_type", [pa.string_view(), pa.binary_view()], ids=["string", "binary"])
+def test_a_view_column_that_expands_huge_is_refused_before_writing(writable_server, writer, store, view_type):
+    """A view column whose 200,000 rows name one 1 MiB value (3 MiB on the wire, 200 GiB
+    written out): refused with RESOURCE_EXHAUSTED before anything is written, and for
+    strings before Arrow checks the UTF-8 of every view (seconds of CPU per message)."""
+    from pyarrow import flight
+
+    from hostile_clients import statement_ingest
+
+    data = pa.table({"n": pa.array(range(200_000), pa.int64()), "v": view_bomb(200_000, view_type=view_type)})
+    client = flight.FlightClient(writable_server.grpc_uri)
+    try:
+        writer_stream, reader = client.do_put(flight.FlightDescriptor.for_command(statement_ingest("view_bomb")), data.schema)
+        # The refusal reaches the client when the stream closes (Arrow raises it there).
+        with pytest.raises((flight.FlightError, pa.ArrowInvalid)) as raised:
+            writer_stream.write_table(data)
+            writer_stream.done_writing()
+            reader.read()
+            writer_stream.close()
+    finally:
+        client.close()
+    assert "resource exhausted" in str(raised.value) and "max_mutation_size_mb" in str(raised.value), str(raised.value)
+    assert store.columns("view_bomb") == []
+    assert fetch(writer, "SELECT 1 AS alive") == [(1,)]
+
+
+@pytest.mark.parametrize("bomb", [view_bomb, dictionary_bomb], ids=["view", "dictionary"])
+def test_parameters_that_expand_huge_are_refused(writable_server, writer, store, bomb):
+    """Parameter sets are bounded in bytes once read, not only in rows: 5,000 rows (a
+    prepared INSERT) or 1,000 rows (a query) naming one 1 MiB value each are refused
+    with RESOURCE_EXHAUSTED; nothing is written and the server answers."""
+    table = f"expanded_{bomb.__name__}"
+    writer.cursor().execute(f"CREATE TABLE {table} (v TEXT)")
+    for sql, rows in ((f"INSERT INTO {table} (v) VALUES (?)", 5_000), ("SELECT ? AS v", 1_000)):
+        with pytest.raises(Exception) as raised:
+            cur = writer.cursor()
+            cur.execute(sql, pa.table({"v": bomb(rows)}))
+            cur.fetchall()
+        assert "ResourceExhausted" in str(raised.value), str(raised.value)
+    assert store.count(table) == 0
+    assert fetch(writer, "SELECT 1 AS alive") == [(1,)]

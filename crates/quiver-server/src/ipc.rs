@@ -10,11 +10,222 @@
 
 use std::io::Cursor;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 
 use crate::error::{Error, Result};
+
+/// The bytes the values of `column` expand to beyond its own buffers once each row's
+/// value is materialised: the values a dictionary's keys name, the bytes a view names
+/// (a small message can name one large value many times). 0 for other columns.
+pub fn expanded_bytes(column: &ArrayRef) -> usize {
+    match column.data_type() {
+        DataType::Utf8View => column.as_string_view().lengths().map(|n| n as usize).sum(),
+        DataType::BinaryView => column.as_binary_view().lengths().map(|n| n as usize).sum(),
+        DataType::Dictionary(..) => dictionary_bytes(column),
+        _ => 0,
+    }
+}
+
+/// The bytes of the values a dictionary-encoded `column`'s keys name.
+fn dictionary_bytes(column: &ArrayRef) -> usize {
+    // Without values every key is null (and `normalized_keys` would panic).
+    let Some(dictionary) = column
+        .as_any_dictionary_opt()
+        .filter(|d| !d.values().is_empty())
+    else {
+        return 0;
+    };
+    let values = dictionary.values();
+    let lengths: Vec<usize> = match values.data_type() {
+        DataType::Utf8View | DataType::BinaryView => (0..values.len())
+            .map(|i| expanded_bytes(&values.slice(i, 1)))
+            .collect(),
+        _ => match arrow::compute::kernels::length::length(values)
+            .and_then(|l| arrow::compute::cast(&l, &DataType::Int64))
+        {
+            Ok(lengths) => lengths
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|n| usize::try_from(*n).unwrap_or(0))
+                .collect(),
+            // Fixed-width values: bounded by the rows.
+            Err(_) => return 0,
+        },
+    };
+    dictionary
+        .normalized_keys()
+        .into_iter()
+        .map(|key| lengths.get(key).copied().unwrap_or(0))
+        .sum()
+}
+
+/// The bytes `batch` takes once every row is materialised: its buffers plus what its
+/// dictionary and view columns expand to.
+pub fn materialised_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(expanded_bytes)
+        .fold(batch.get_array_memory_size(), usize::saturating_add)
+}
+
+/// Refuses `batches` whose values, once every row is materialised, would take more
+/// than `limit` bytes: their buffers plus what dictionary and view columns expand to.
+/// `what` and `limit_name` name the input and the setting in the message.
+pub fn check_materialised<'a>(
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+    limit: usize,
+    what: &str,
+    limit_name: &str,
+) -> Result<()> {
+    let mut total = 0usize;
+    for batch in batches {
+        total = total.saturating_add(materialised_bytes(batch));
+        if total > limit {
+            return Err(Error::ResourceExhausted(format!(
+                "the {what} take more than {limit} bytes once read ({limit_name})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes the `Utf8View` columns of one IPC record batch name, read from the views
+/// themselves before Arrow decodes the batch. Arrow checks that every viewed value is
+/// UTF-8 when it decodes, so a message of a few megabytes whose views all name one
+/// large value would cost minutes of CPU: callers refuse such a message first. 0 when
+/// `schema` has no `Utf8View` column or the message is not a record batch.
+pub fn string_view_bytes(schema: &Schema, metadata: &[u8], body: &[u8]) -> Result<usize, String> {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| has_string_view(f.data_type()))
+    {
+        return Ok(0);
+    }
+    let message = arrow::ipc::root_as_message(metadata)
+        .map_err(|err| format!("a message that is not Arrow IPC metadata ({err})"))?;
+    let Some(batch) = message.header_as_record_batch() else {
+        return Ok(0);
+    };
+    if batch.compression().is_some() {
+        return Err("compressed record batches with Utf8View columns are not accepted".to_owned());
+    }
+    let mut walk = ViewWalk {
+        nodes: batch
+            .nodes()
+            .map(|n| n.iter().map(|n| n.length()).collect())
+            .unwrap_or_default(),
+        buffers: batch
+            .buffers()
+            .map(|b| b.iter().map(|b| (b.offset(), b.length())).collect())
+            .unwrap_or_default(),
+        variadic: batch
+            .variadicBufferCounts()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default(),
+        body,
+        node: 0,
+        buffer: 0,
+        variadic_at: 0,
+        total: 0,
+    };
+    for field in schema.fields() {
+        walk.field(field.data_type())?;
+    }
+    Ok(walk.total)
+}
+
+fn has_string_view(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Utf8View => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::Map(f, _) => has_string_view(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_string_view(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_string_view(f.data_type())),
+        DataType::RunEndEncoded(_, values) => has_string_view(values.data_type()),
+        _ => false,
+    }
+}
+
+/// The field nodes and buffers of one record batch, walked in schema order (the IPC
+/// format's depth-first layout).
+struct ViewWalk<'a> {
+    nodes: Vec<i64>,
+    buffers: Vec<(i64, i64)>,
+    variadic: Vec<i64>,
+    body: &'a [u8],
+    node: usize,
+    buffer: usize,
+    variadic_at: usize,
+    total: usize,
+}
+
+impl ViewWalk<'_> {
+    fn field(&mut self, data_type: &DataType) -> Result<(), String> {
+        let short = || "a record batch with fewer field nodes or buffers than its schema";
+        let rows = *self.nodes.get(self.node).ok_or_else(short)?;
+        self.node += 1;
+        let own_buffers = match data_type {
+            DataType::Null | DataType::RunEndEncoded(..) => 0,
+            DataType::Utf8View | DataType::BinaryView => {
+                let data = *self.variadic.get(self.variadic_at).ok_or_else(short)?;
+                self.variadic_at += 1;
+                if *data_type == DataType::Utf8View {
+                    let (offset, length) = *self.buffers.get(self.buffer + 1).ok_or_else(short)?;
+                    let views = usize::try_from(offset)
+                        .ok()
+                        .zip(usize::try_from(length).ok())
+                        .and_then(|(at, n)| self.body.get(at..at.checked_add(n)?))
+                        .ok_or("a views buffer outside the message body")?;
+                    let count = usize::try_from(rows).unwrap_or(0).min(views.len() / 16);
+                    self.total = views
+                        .chunks_exact(16)
+                        .take(count)
+                        .map(|view| {
+                            u32::from_le_bytes([view[0], view[1], view[2], view[3]]) as usize
+                        })
+                        .fold(self.total, usize::saturating_add);
+                }
+                2 + usize::try_from(data).map_err(|_| "a negative variadic buffer count")?
+            }
+            DataType::Utf8
+            | DataType::Binary
+            | DataType::LargeUtf8
+            | DataType::LargeBinary
+            | DataType::ListView(_)
+            | DataType::LargeListView(_) => 3,
+            DataType::FixedSizeList(..) | DataType::Struct(_) => 1,
+            DataType::Union(_, arrow::datatypes::UnionMode::Sparse) => 1,
+            _ => 2,
+        };
+        self.buffer += own_buffers;
+        match data_type {
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::FixedSizeList(f, _)
+            | DataType::ListView(f)
+            | DataType::LargeListView(f)
+            | DataType::Map(f, _) => self.field(f.data_type()),
+            DataType::Struct(fields) => fields.iter().try_for_each(|f| self.field(f.data_type())),
+            DataType::Union(fields, _) => fields
+                .iter()
+                .try_for_each(|(_, f)| self.field(f.data_type())),
+            DataType::RunEndEncoded(run_ends, values) => {
+                self.field(run_ends.data_type())?;
+                self.field(values.data_type())
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Most messages one stream may hold (schema, dictionaries and batches).
 const MAX_MESSAGES: usize = 100_000;
@@ -36,11 +247,13 @@ fn take_u32(input: &mut &[u8]) -> Option<u32> {
 }
 
 /// Checks that every message of the IPC stream `bytes` fits in `bytes`: the metadata
-/// length, the metadata (a valid flatbuffer) and the body length. The error says what
-/// does not fit.
-pub fn check_stream(bytes: &[u8]) -> Result<(), String> {
+/// length, the metadata (a valid flatbuffer) and the body length; and that no batch's
+/// `Utf8View` columns name more than `max_view_bytes` (see [`string_view_bytes`]).
+/// The error says what does not fit.
+pub fn check_stream(bytes: &[u8], max_view_bytes: usize) -> Result<(), String> {
     let mut input = bytes;
     let mut messages = 0usize;
+    let mut schema: Option<Schema> = None;
     while !input.is_empty() {
         let mut length = take_u32(&mut input).ok_or("a truncated message length")?;
         if length == CONTINUATION {
@@ -71,7 +284,17 @@ pub fn check_stream(bytes: &[u8]) -> Result<(), String> {
             ));
         }
         check_message(metadata, body)?;
-        take(&mut input, body).ok_or("a truncated body")?;
+        let body_bytes = take(&mut input, body).ok_or("a truncated body")?;
+        if let Some(fields) = message.header_as_schema() {
+            schema.get_or_insert_with(|| arrow::ipc::convert::fb_to_schema(fields));
+        } else if let Some(schema) = &schema {
+            let viewed = string_view_bytes(schema, metadata, body_bytes)?;
+            if viewed > max_view_bytes {
+                return Err(format!(
+                    "a batch's Utf8View columns name {viewed} bytes; at most {max_view_bytes}"
+                ));
+            }
+        }
         messages += 1;
         if messages > MAX_MESSAGES {
             return Err(format!("more than {MAX_MESSAGES} messages"));
@@ -155,13 +378,19 @@ pub fn read_stream(
     })
 }
 
+/// Most bytes the `Utf8View` values of a stream read whole ([`read_stream`], handle
+/// parameters) may name: what one message may carry by default (64 MiB). Views name
+/// bytes of the stream itself, so this refuses only streams that name them again and
+/// again.
+pub const MAX_STREAM_VIEW_BYTES: usize = 64 << 20;
+
 fn read_checked_stream(
     bytes: &[u8],
     what: &str,
     max_rows: usize,
     limit_name: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    check_stream(bytes).map_err(|problem| {
+    check_stream(bytes, MAX_STREAM_VIEW_BYTES).map_err(|problem| {
         Error::InvalidRequest(format!("{what} is not a valid Arrow IPC stream: {problem}"))
     })?;
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|err| {
@@ -210,10 +439,65 @@ mod tests {
         out
     }
 
+    fn encode(batch: &RecordBatch) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut out, &batch.schema()).unwrap();
+        writer.write(batch).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        out
+    }
+
+    #[test]
+    fn string_views_are_counted_before_arrow_reads_them() {
+        use arrow::array::{ArrayRef, BinaryViewArray, StringViewArray, StructArray};
+        use arrow::buffer::{Buffer, ScalarBuffer};
+        // Every view names the same 1 KiB value: 4,000 rows name 4,000 KiB.
+        let value = "v".repeat(1024);
+        let view = {
+            let mut bytes = [0u8; 16];
+            bytes[0..4].copy_from_slice(&1024u32.to_le_bytes());
+            bytes[4..8].copy_from_slice(b"vvvv");
+            u128::from_le_bytes(bytes)
+        };
+        let views: ArrayRef = Arc::new(StringViewArray::new(
+            ScalarBuffer::from(vec![view; 4_000]),
+            vec![Buffer::from(value.as_bytes())],
+            None,
+        ));
+        let plain: ArrayRef = Arc::new(BinaryViewArray::from_iter_values([b"xyz"; 4_000]));
+        let nested: ArrayRef = Arc::new(StructArray::from(vec![
+            (
+                Arc::new(Field::new("b", DataType::BinaryView, false)),
+                Arc::clone(&plain),
+            ),
+            (
+                Arc::new(Field::new("s", DataType::Utf8View, false)),
+                Arc::clone(&views),
+            ),
+        ]));
+        let batch = RecordBatch::try_from_iter([
+            (
+                "n",
+                Arc::new(Int64Array::from_iter_values(0..4_000)) as ArrayRef,
+            ),
+            ("s", views),
+            ("t", nested),
+        ])
+        .unwrap();
+        let bytes = encode(&batch);
+        assert!(bytes.len() < 300_000, "{}", bytes.len());
+        let named = 2 * 4_000 * 1024;
+        check_stream(&bytes, named).unwrap();
+        let err = check_stream(&bytes, named - 1).unwrap_err();
+        assert!(err.contains(&format!("name {named} bytes")), "{err}");
+        assert_eq!(expanded_bytes(batch.column(1)), 4_000 * 1024);
+    }
+
     #[test]
     fn real_streams_pass_and_read() {
         let bytes = stream(10);
-        check_stream(&bytes).unwrap();
+        check_stream(&bytes, MAX_STREAM_VIEW_BYTES).unwrap();
         let (schema, batches) = read_stream(&bytes, "rows", 10, "max").unwrap();
         assert_eq!(schema.fields().len(), 1);
         assert_eq!(batches[0].num_rows(), 10);
@@ -228,17 +512,25 @@ mod tests {
         huge.extend_from_slice(&CONTINUATION.to_le_bytes());
         huge.extend_from_slice(&0x7FFF_FFF0i32.to_le_bytes());
         huge.extend_from_slice(&[0; 16]);
-        assert!(check_stream(&huge).unwrap_err().contains("metadata"));
+        assert!(
+            check_stream(&huge, MAX_STREAM_VIEW_BYTES)
+                .unwrap_err()
+                .contains("metadata")
+        );
         // A negative one.
         let mut negative = Vec::new();
         negative.extend_from_slice(&CONTINUATION.to_le_bytes());
         negative.extend_from_slice(&(-5i32).to_le_bytes());
-        assert!(check_stream(&negative).unwrap_err().contains("negative"));
+        assert!(
+            check_stream(&negative, MAX_STREAM_VIEW_BYTES)
+                .unwrap_err()
+                .contains("negative")
+        );
         // A real stream cut short in its body.
         let bytes = stream(100);
         for cut in [7, 20, bytes.len() / 2, bytes.len() - 9] {
             assert!(
-                check_stream(&bytes[..cut]).is_err()
+                check_stream(&bytes[..cut], MAX_STREAM_VIEW_BYTES).is_err()
                     || read_stream(&bytes[..cut], "rows", 1000, "m").is_err(),
                 "cut at {cut}"
             );

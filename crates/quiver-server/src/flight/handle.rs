@@ -169,7 +169,7 @@ impl StatementHandle {
         let params = if params_bytes.is_empty() {
             None
         } else {
-            crate::ipc::check_stream(params_bytes)
+            crate::ipc::check_stream(params_bytes, crate::ipc::MAX_STREAM_VIEW_BYTES)
                 .map_err(|problem| Error::InvalidHandle(format!("parameters: {problem}")))?;
             let read = crate::ipc::guarded("the parameters", || {
                 let reader = StreamReader::try_new(Cursor::new(params_bytes), None)

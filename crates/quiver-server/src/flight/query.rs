@@ -145,6 +145,12 @@ impl QuiverFlightSqlService {
                 self.max_query_parameter_rows
             )));
         }
+        crate::ipc::check_materialised(
+            [batch],
+            self.writer.config().max_request_bytes,
+            "parameter values",
+            "max_mutation_size_mb",
+        )?;
         (0..batch.num_rows())
             .map(|row| {
                 batch

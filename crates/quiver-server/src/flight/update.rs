@@ -62,6 +62,15 @@ impl QuiverFlightSqlService {
                 "more than {max_rows} parameter rows are bound (max_mutation_rows)"
             )));
         }
+        if let Some(params) = &handle.params {
+            // The handle comes back from the client: bounded again where it is used.
+            crate::ipc::check_materialised(
+                [params],
+                self.writer.config().max_request_bytes,
+                "parameter values",
+                "max_mutation_size_mb",
+            )?;
+        }
         let changed = self
             .writer
             .execute_update(
@@ -88,7 +97,9 @@ impl QuiverFlightSqlService {
         } else {
             (self.writer.config().max_rows, "max_mutation_rows")
         };
-        let batches = read_put_stream(request, "parameter batches", max_rows, limit).await?;
+        let max_bytes = self.writer.config().max_request_bytes;
+        let batches =
+            read_put_stream(request, "parameter batches", (max_rows, limit), max_bytes).await?;
         handle.params = concat(batches)?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.encode()?),
@@ -122,8 +133,14 @@ impl QuiverFlightSqlService {
         let mut handle = decode_handle(&command.prepared_statement_handle)?;
         let owner = connection_of(&request);
         let max_rows = self.writer.config().max_rows;
-        let batches =
-            read_put_stream(request, "parameter batches", max_rows, "max_mutation_rows").await?;
+        let max_bytes = self.writer.config().max_request_bytes;
+        let batches = read_put_stream(
+            request,
+            "parameter batches",
+            (max_rows, "max_mutation_rows"),
+            max_bytes,
+        )
+        .await?;
         if let Some(params) = concat(batches)? {
             handle.params = Some(params);
         }
@@ -137,7 +154,7 @@ impl QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let owner = connection_of(&request);
-        let mut stream = put_batches(request);
+        let mut stream = put_batches(request, self.writer.config().max_request_bytes);
         // The schema comes with the first message; the batches follow as they arrive.
         let first = stream
             .next()
@@ -205,20 +222,56 @@ fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
 /// The Arrow batches of a DoPut stream, decoded one message at a time; messages with
 /// no Arrow header (the descriptor alone) are skipped.
 ///
-/// Each message's metadata is checked against its body before Arrow decodes it.
-fn put_batches(request: Request<PeekableFlightDataStream>) -> FlightRecordBatchStream {
+/// Each message's metadata is checked against its body before Arrow decodes it, and a
+/// batch whose `Utf8View` columns name more than `max_view_bytes` is refused before
+/// Arrow checks every viewed value (see [`crate::ipc::string_view_bytes`]).
+fn put_batches(
+    request: Request<PeekableFlightDataStream>,
+    max_view_bytes: usize,
+) -> FlightRecordBatchStream {
+    let refuse =
+        |code, message: String| FlightError::Tonic(Box::new(crate::error::status(code, message)));
+    let mut schema: Option<arrow::datatypes::Schema> = None;
     let messages = request
         .into_inner()
         .try_filter(|message| std::future::ready(!message.data_header.is_empty()))
         .map_err(FlightError::from)
-        .and_then(|message| {
+        .and_then(move |message| {
             let checked = crate::ipc::check_message(&message.data_header, message.data_body.len())
-                .map(|()| message)
                 .map_err(|problem| {
-                    FlightError::Tonic(Box::new(crate::error::status(
+                    refuse(
                         tonic::Code::InvalidArgument,
                         format!("an Arrow message that cannot be read: {problem}"),
-                    )))
+                    )
+                })
+                .and_then(|()| {
+                    if schema.is_none() {
+                        schema = arrow::datatypes::Schema::try_from(&message).ok();
+                    }
+                    let Some(schema) = &schema else {
+                        return Ok(message);
+                    };
+                    let viewed = crate::ipc::string_view_bytes(
+                        schema,
+                        &message.data_header,
+                        &message.data_body,
+                    )
+                    .map_err(|problem| {
+                        refuse(
+                            tonic::Code::InvalidArgument,
+                            format!("an Arrow message that cannot be read: {problem}"),
+                        )
+                    })?;
+                    if viewed > max_view_bytes {
+                        return Err(refuse(
+                            tonic::Code::ResourceExhausted,
+                            format!(
+                                "a batch's Utf8View columns name {viewed} bytes; at most \
+                                 {max_view_bytes} (max_mutation_size_mb)"
+                            ),
+                        ));
+                    }
+                    Ok(message)
                 });
             std::future::ready(checked)
         });
@@ -262,18 +315,25 @@ fn put_error(err: FlightError, what: &str) -> Error {
 async fn read_put_stream(
     request: Request<PeekableFlightDataStream>,
     what: &str,
-    max_rows: usize,
-    limit: &str,
+    (max_rows, limit): (usize, &str),
+    max_bytes: usize,
 ) -> Result<Vec<RecordBatch>> {
-    let mut stream = put_batches(request);
+    let mut stream = put_batches(request, max_bytes);
     let mut batches = Vec::new();
-    let mut rows = 0usize;
+    let (mut rows, mut bytes) = (0usize, 0usize);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|err| put_error(err, what))?;
         rows = rows.saturating_add(batch.num_rows());
         if rows > max_rows {
             return Err(Error::ResourceExhausted(format!(
                 "the {what} hold more than {max_rows} rows ({limit})"
+            )));
+        }
+        // Held until the statement runs: bounded in bytes as well as rows.
+        bytes = bytes.saturating_add(crate::ipc::materialised_bytes(&batch));
+        if bytes > max_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the {what} take more than {max_bytes} bytes once read (max_mutation_size_mb)"
             )));
         }
         batches.push(batch);

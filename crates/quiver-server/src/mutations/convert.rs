@@ -235,11 +235,17 @@ pub(super) fn typed_rows(
 pub(super) fn arrow_rows(
     table: &TableInfo,
     ipc: &[u8],
-    max_rows: usize,
+    (max_rows, max_bytes): (usize, usize),
     dialect: Dialect,
 ) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
     let (schema, batches) =
         crate::ipc::read_stream(ipc, "arrow_ipc", max_rows, "max_mutation_rows")?;
+    crate::ipc::check_materialised(
+        &batches,
+        max_bytes,
+        "arrow_ipc rows",
+        "max_mutation_size_mb",
+    )?;
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let column = column(table, field.name())?;

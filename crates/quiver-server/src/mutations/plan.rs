@@ -84,8 +84,12 @@ impl Planner<'_> {
         }
         let mut steps = Vec::new();
         if !rows.arrow_ipc.is_empty() {
-            let (columns, values) =
-                arrow_rows(&table, &rows.arrow_ipc, self.limits.max_rows, dialect)?;
+            let (columns, values) = arrow_rows(
+                &table,
+                &rows.arrow_ipc,
+                (self.limits.max_rows, self.limits.max_request_bytes),
+                dialect,
+            )?;
             if upsert {
                 check_keys_present(&table, &columns, 1)?;
                 steps.push(Execution::Rows {

@@ -192,22 +192,24 @@ fn stored_schema(schema: &Schema) -> Schema {
 }
 
 /// `batch` with its dictionary-encoded columns decoded, as `stored` says; refused
-/// before anything is decoded when the decoded values would exceed `limit` bytes.
+/// before anything is decoded or written when its dictionary and view columns would
+/// expand to more than `limit` bytes (a small message can name one large value many
+/// times, and every row is written out in full).
 fn as_stored(batch: &RecordBatch, stored: &Schema, limit: usize) -> Result<RecordBatch> {
+    let expanded: usize = batch.columns().iter().map(crate::ipc::expanded_bytes).sum();
+    if expanded > limit {
+        return Err(Error::ResourceExhausted(format!(
+            "dictionary-encoded and view columns expand to {expanded} bytes in {} rows; at \
+             most {limit} (max_mutation_size_mb) may be written at a time",
+            batch.num_rows()
+        )));
+    }
     if batch
         .columns()
         .iter()
         .all(|c| !matches!(c.data_type(), DataType::Dictionary(..)))
     {
         return Ok(batch.clone());
-    }
-    let decoded: usize = batch.columns().iter().map(decoded_bytes).sum();
-    if decoded > limit {
-        return Err(Error::ResourceExhausted(format!(
-            "dictionary-encoded columns decode to {decoded} bytes in {} rows; at most {limit} \
-             (max_mutation_size_mb) may be decoded at a time",
-            batch.num_rows()
-        )));
     }
     let columns = batch
         .columns()
@@ -226,31 +228,6 @@ fn as_stored(batch: &RecordBatch, stored: &Schema, limit: usize) -> Result<Recor
         .map_err(|err| {
             Error::InvalidRequest(format!("an ingest batch does not match its schema: {err}"))
         })
-}
-
-/// The bytes of variable-length values a dictionary-encoded `column` decodes to (0
-/// for other columns, and for fixed-width values, which are bounded by the rows).
-fn decoded_bytes(column: &arrow::array::ArrayRef) -> usize {
-    use arrow::array::AsArray;
-    // Without values every key is null (and `normalized_keys` would panic).
-    let Some(dictionary) = column
-        .as_any_dictionary_opt()
-        .filter(|d| !d.values().is_empty())
-    else {
-        return 0;
-    };
-    let Ok(lengths) = arrow::compute::kernels::length::length(dictionary.values()) else {
-        return 0;
-    };
-    let Ok(lengths) = arrow::compute::cast(&lengths, &DataType::Int64) else {
-        return 0;
-    };
-    let lengths = lengths.as_primitive::<arrow::datatypes::Int64Type>();
-    dictionary
-        .normalized_keys()
-        .into_iter()
-        .map(|key| usize::try_from(lengths.value(key)).unwrap_or(0))
-        .sum()
 }
 
 /// On PostgreSQL, a `COMMENT ON COLUMN` for each column whose type reads back as
