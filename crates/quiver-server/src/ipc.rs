@@ -286,7 +286,9 @@ pub fn check_stream(bytes: &[u8], max_view_bytes: usize) -> Result<(), String> {
         check_message(metadata, body)?;
         let body_bytes = take(&mut input, body).ok_or("a truncated body")?;
         if let Some(fields) = message.header_as_schema() {
-            schema.get_or_insert_with(|| arrow::ipc::convert::fb_to_schema(fields));
+            if schema.is_none() {
+                schema = Some(schema_of(fields)?);
+            }
         } else if let Some(schema) = &schema {
             let viewed = string_view_bytes(schema, metadata, body_bytes)?;
             if viewed > max_view_bytes {
@@ -353,6 +355,25 @@ pub fn check_message(metadata: &[u8], body: usize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A schema message as a schema. Arrow panics on some forged schemas (an integer of 7
+/// bits): caught here and refused.
+fn schema_of(fields: arrow::ipc::Schema<'_>) -> Result<Schema, String> {
+    std::panic::catch_unwind(|| arrow::ipc::convert::fb_to_schema(fields))
+        .map_err(|_| "a schema Arrow cannot read".to_owned())
+}
+
+/// A Flight message's schema when it is a schema message (`None` for others); a
+/// schema Arrow cannot read is refused (panics on forged schemas caught, as
+/// [`schema_of`]).
+pub fn flight_schema(message: &arrow_flight::FlightData) -> Result<Option<Schema>, String> {
+    let header = arrow::ipc::root_as_message(&message.data_header)
+        .map_err(|err| format!("a message that is not Arrow IPC metadata ({err})"))?;
+    match header.header_as_schema() {
+        Some(fields) => schema_of(fields).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Runs Arrow's decoding of client bytes, turning a panic inside it (a case the

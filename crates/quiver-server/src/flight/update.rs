@@ -246,7 +246,12 @@ fn put_batches(
                 })
                 .and_then(|()| {
                     if schema.is_none() {
-                        schema = arrow::datatypes::Schema::try_from(&message).ok();
+                        schema = crate::ipc::flight_schema(&message).map_err(|problem| {
+                            refuse(
+                                tonic::Code::InvalidArgument,
+                                format!("an Arrow message that cannot be read: {problem}"),
+                            )
+                        })?;
                     }
                     let Some(schema) = &schema else {
                         return Ok(message);
