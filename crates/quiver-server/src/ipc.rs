@@ -366,7 +366,7 @@ fn schema_of(fields: arrow::ipc::Schema<'_>) -> Result<Schema, String> {
 
 /// A Flight message's schema when it is a schema message (`None` for others); a
 /// schema Arrow cannot read is refused (panics on forged schemas caught, as
-/// [`schema_of`]).
+/// `schema_of`).
 pub fn flight_schema(message: &arrow_flight::FlightData) -> Result<Option<Schema>, String> {
     let header = arrow::ipc::root_as_message(&message.data_header)
         .map_err(|err| format!("a message that is not Arrow IPC metadata ({err})"))?;
