@@ -2,7 +2,9 @@
 //!
 //! DataFusion may produce view types (`Utf8View`, `BinaryView`) that some Arrow
 //! clients cannot read yet. Results are cast to the classic types before they leave
-//! the engine.
+//! the engine. Large lists are sent as lists: arrow-flight's encoder (59) writes a
+//! `LargeList` field as `List` in the stream's schema message, which drivers refuse
+//! (and could not decode), so the batches must be lists too.
 
 use std::sync::Arc;
 
@@ -17,9 +19,9 @@ pub fn client_type(data_type: &DataType) -> DataType {
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,
         DataType::List(field) => DataType::List(client_field(field)),
-        DataType::LargeList(field) => DataType::LargeList(client_field(field)),
-        DataType::ListView(field) => DataType::List(client_field(field)),
-        DataType::LargeListView(field) => DataType::LargeList(client_field(field)),
+        DataType::LargeList(field) | DataType::ListView(field) | DataType::LargeListView(field) => {
+            DataType::List(client_field(field))
+        }
         DataType::FixedSizeList(field, size) => DataType::FixedSizeList(client_field(field), *size),
         DataType::Struct(fields) => DataType::Struct(fields.iter().map(client_field).collect()),
         DataType::Map(field, sorted) => DataType::Map(client_field(field), *sorted),

@@ -487,12 +487,49 @@ fn copy_text<'a>(cell: &'a Cell<'a>) -> Option<std::borrow::Cow<'a, str>> {
             nanos.div_euclid(1_000),
         )),
         Cell::Time(nanos) => Cow::Owned(crate::time::format_time_nanos(nanos - nanos % 1_000)),
+        // Checked before it is written (`check_storable`): elements convert.
+        Cell::List(items) => {
+            let elements = (0..items.len())
+                .map(|i| crate::value::cell_at(items, i, "item").ok())
+                .collect::<Option<Vec<_>>>()?;
+            Cow::Owned(array_literal(&elements))
+        }
+        Cell::Values(items) => {
+            let elements: Vec<Cell<'_>> = items.iter().map(crate::value::Value::as_cell).collect();
+            Cow::Owned(array_literal(&elements))
+        }
         // Checked to fit an interval before it is written (`check_storable`).
         Cell::Duration(count, unit) => Cow::Owned(format!(
             "{} microseconds",
             crate::value::duration_micros(*count, *unit)?
         )),
     })
+}
+
+/// One-dimensional array text (`{"1","a \"b\"",NULL}`): every element quoted, NULL
+/// bare.
+fn array_literal(elements: &[Cell<'_>]) -> String {
+    let mut text = String::from("{");
+    for (index, element) in elements.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        match copy_text(element) {
+            None => text.push_str("NULL"),
+            Some(value) => {
+                text.push('"');
+                for c in value.chars() {
+                    if c == '"' || c == '\\' {
+                        text.push('\\');
+                    }
+                    text.push(c);
+                }
+                text.push('"');
+            }
+        }
+    }
+    text.push('}');
+    text
 }
 
 /// `COPY` text messages of about 64 KiB each.

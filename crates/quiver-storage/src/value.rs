@@ -45,6 +45,8 @@ pub enum Value {
     Duration(i64, TimeUnit),
     /// An exact decimal number as text (`-12.50`).
     Decimal(String),
+    /// A list of values (a PostgreSQL array).
+    List(Vec<Value>),
 }
 
 impl fmt::Display for Value {
@@ -62,6 +64,7 @@ impl fmt::Display for Value {
             Value::Time(v) => write!(f, "{}", crate::time::format_time_nanos(*v)),
             Value::Duration(v, unit) => write!(f, "{v} {}", unit_name(*unit)),
             Value::Decimal(v) => f.write_str(&shorten(v)),
+            Value::List(items) => write!(f, "<a list of {} values>", items.len()),
         }
     }
 }
@@ -90,6 +93,18 @@ pub fn placeholder_cast(value: &Value) -> &'static str {
         Value::Time(_) => "time",
         Value::Duration(..) => "interval",
         Value::Decimal(_) => "numeric",
+        Value::List(items) => match items.iter().find(|v| **v != Value::Null) {
+            None | Some(Value::Null | Value::Text(_) | Value::List(_)) => "text[]",
+            Some(Value::Bool(_)) => "boolean[]",
+            Some(Value::Int(_)) => "int8[]",
+            Some(Value::Float(_)) => "float8[]",
+            Some(Value::Blob(_)) => "bytea[]",
+            Some(Value::Date(_)) => "date[]",
+            Some(Value::Timestamp(_) | Value::TimestampNanos(_)) => "timestamp[]",
+            Some(Value::Time(_)) => "time[]",
+            Some(Value::Duration(..)) => "interval[]",
+            Some(Value::Decimal(_)) => "numeric[]",
+        },
     }
 }
 
@@ -177,6 +192,10 @@ pub enum Cell<'a> {
     Duration(i64, TimeUnit),
     /// An exact decimal number as text.
     Decimal(String),
+    /// A list: the values of one row of a list column.
+    List(ArrayRef),
+    /// A list of values (a bound parameter).
+    Values(&'a [Value]),
 }
 
 impl Cell<'_> {
@@ -195,6 +214,13 @@ impl Cell<'_> {
             Cell::Time(v) => Value::Time(*v),
             Cell::Duration(v, unit) => Value::Duration(*v, *unit),
             Cell::Decimal(v) => Value::Decimal(v.clone()),
+            // Elements were checked to be writable scalars when the cell was read.
+            Cell::List(items) => Value::List(
+                (0..items.len())
+                    .map(|i| value_at(items, i, "item").unwrap_or(Value::Null))
+                    .collect(),
+            ),
+            Cell::Values(items) => Value::List(items.to_vec()),
         }
     }
 
@@ -202,6 +228,16 @@ impl Cell<'_> {
     /// written; the error says why not (without echoing more than the value's start).
     pub fn check_storable(&self, dialect: Dialect) -> std::result::Result<(), String> {
         match self {
+            Cell::List(_) | Cell::Values(_) if dialect == Dialect::Sqlite => {
+                Err("SQLite has no list type".to_owned())
+            }
+            Cell::List(items) => (0..items.len()).try_for_each(|i| {
+                let item = cell_at(items, i, "item").map_err(|err| err.to_string())?;
+                item.check_element(dialect)
+            }),
+            Cell::Values(items) => items
+                .iter()
+                .try_for_each(|item| item.as_cell().check_element(dialect)),
             Cell::TimestampNanos(nanos) => {
                 Cell::Timestamp(nanos.div_euclid(1_000)).check_storable(dialect)
             }
@@ -246,6 +282,17 @@ impl Cell<'_> {
     }
 }
 
+impl Cell<'_> {
+    /// Checks an element of a list: storable, and not a list itself (arrays are read
+    /// back with one dimension).
+    fn check_element(&self, dialect: Dialect) -> std::result::Result<(), String> {
+        match self {
+            Cell::List(_) | Cell::Values(_) => Err("a list of lists has no column type".to_owned()),
+            element => element.check_storable(dialect),
+        }
+    }
+}
+
 impl Value {
     /// The value as a [`Cell`] borrowing from it.
     pub fn as_cell(&self) -> Cell<'_> {
@@ -262,6 +309,7 @@ impl Value {
             Value::Time(v) => Cell::Time(*v),
             Value::Duration(v, unit) => Cell::Duration(*v, *unit),
             Value::Decimal(v) => Cell::Decimal(v.clone()),
+            Value::List(items) => Cell::Values(items),
         }
     }
 }
@@ -358,6 +406,12 @@ pub fn cell_at<'a>(column: &'a ArrayRef, row: usize, column_name: &str) -> Resul
             column.as_primitive::<Decimal128Type>().value(row),
             *scale,
         )),
+        DataType::List(_) if is_writable(column.data_type()) => {
+            Cell::List(column.as_list::<i32>().value(row))
+        }
+        DataType::LargeList(_) if is_writable(column.data_type()) => {
+            Cell::List(column.as_list::<i64>().value(row))
+        }
         _ => return Err(unsupported()),
     })
 }
@@ -369,6 +423,16 @@ pub fn is_writable(data_type: &DataType) -> bool {
         DataType::Dictionary(_, values) => is_writable(values),
         DataType::Time32(unit) => matches!(unit, TimeUnit::Second | TimeUnit::Millisecond),
         DataType::Time64(unit) => matches!(unit, TimeUnit::Microsecond | TimeUnit::Nanosecond),
+        // One dimension of elements of the other types (PostgreSQL's arrays).
+        DataType::List(item) | DataType::LargeList(item) => {
+            !matches!(
+                item.data_type(),
+                DataType::List(_)
+                    | DataType::LargeList(_)
+                    | DataType::Null
+                    | DataType::Dictionary(..)
+            ) && is_writable(item.data_type())
+        }
         _ => matches!(
             data_type,
             DataType::Null

@@ -195,6 +195,8 @@ pub(super) fn proto_value(column: &ColumnInfo, value: Value) -> pb::Value {
         (Value::TimestampNanos(v), _) => Kind::TimestampMicros(v.div_euclid(1_000)),
         (Value::Time(v), _) => Kind::String(quiver_storage::time::format_time_nanos(v)),
         (Value::Duration(v, _), _) => Kind::Int64(v),
+        // Generated keys are scalars; a list has no typed form in the Mutations API.
+        (value @ Value::List(_), _) => Kind::String(value.to_string()),
     };
     pb::Value { kind: Some(kind) }
 }

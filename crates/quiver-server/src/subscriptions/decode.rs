@@ -462,6 +462,20 @@ fn decode_value(raw: Option<&RawValue>, data_type: &DataType) -> Option<ScalarVa
             }
         },
         DataType::Null => Some(ScalarValue::Null),
+        DataType::List(item) | DataType::LargeList(item) => {
+            let J::Array(elements) = json else {
+                return None;
+            };
+            let values = elements
+                .into_iter()
+                .map(|element| {
+                    let raw = RawValue::from_string(element.to_string()).ok()?;
+                    decode_value(Some(&raw), item.data_type())
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let list = ScalarValue::List(ScalarValue::new_list_nullable(&values, item.data_type()));
+            list.cast_to(data_type).ok()
+        }
         other => {
             let text = match json {
                 J::String(s) => s,
@@ -668,6 +682,23 @@ mod tests {
                 ScalarValue::FixedSizeBinary(2, Some(vec![0, 255])),
             ),
         ];
+        // PostgreSQL arrays arrive as JSON arrays.
+        let list = decode_value(
+            Some(&raw("[1, null, 300]")),
+            &DataType::List(arrow::datatypes::Field::new("item", DataType::Int16, true).into()),
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            ScalarValue::List(ScalarValue::new_list_nullable(
+                &[
+                    ScalarValue::Int16(Some(1)),
+                    ScalarValue::Int16(None),
+                    ScalarValue::Int16(Some(300))
+                ],
+                &DataType::Int16
+            ))
+        );
         // PostgreSQL's jsonb of the lowest double: shortest digits, then zeros.
         let lowest = format!("-17976931348623157{}", "0".repeat(292));
         assert_eq!(

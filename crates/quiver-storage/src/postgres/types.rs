@@ -26,11 +26,12 @@
 //! `Int8`/`UInt8`/`Int16` → `smallint`, `UInt16`/`Int32` → `integer`,
 //! `UInt32`/`Int64` → `bigint`, `UInt64` → `numeric(20, 0)`, strings → `text`,
 //! binaries → `bytea`, `Date64` → `date`, times → `time`, durations → `interval`,
-//! `Null` → `text`. Where that type would read back as another Arrow type, a column
-//! comment records the one sent ([`comment_for`]); the column reads back as it while
-//! it keeps that type. PostgreSQL keeps microseconds: nanoseconds below them are
-//! dropped. Any other type (lists, structs, `Decimal256`, intervals) is refused before
-//! anything is written, naming the column and the type. docs/types.md has the table.
+//! `Null` → `text`, a list of one of these → an array of it (`bigint[]`). Where that
+//! type would read back as another Arrow type, a column comment records the one sent
+//! ([`comment_for`]); the column reads back as it while it keeps that type. PostgreSQL
+//! keeps microseconds: nanoseconds below them are dropped. Any other type (lists of
+//! lists, structs, `Decimal256`, intervals) is refused before anything is written,
+//! naming the column and the type. docs/types.md has the table.
 
 use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
 use tokio_postgres::types::Type;
@@ -161,6 +162,10 @@ pub fn native_type(data_type: &DataType) -> Option<DataType> {
             DataType::Timestamp(TimeUnit::Microsecond, zone.as_ref().map(|_| "UTC".into()))
         }
         DataType::Duration(_) => DataType::Interval(IntervalUnit::MonthDayNano),
+        // Arrays read as lists of their element's type, named as the catalog names them.
+        DataType::List(item) | DataType::LargeList(item) => {
+            DataType::List(Field::new("item", native_type(item.data_type())?, true).into())
+        }
         other => other.clone(),
     })
 }
@@ -204,6 +209,9 @@ pub fn declared_type_for(data_type: &DataType) -> Option<String> {
         DataType::Timestamp(_, None) => "timestamp".to_owned(),
         DataType::Timestamp(_, Some(_)) => "timestamptz".to_owned(),
         DataType::Duration(_) => "interval".to_owned(),
+        DataType::List(item) | DataType::LargeList(item) => {
+            format!("{}[]", declared_type_for(item.data_type())?)
+        }
         _ => return None,
     })
 }
@@ -243,6 +251,9 @@ mod tests {
             DataType::Null,
             DataType::Timestamp(TimeUnit::Nanosecond, Some("+05:30".into())),
             DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Paris".into())),
+            DataType::List(Field::new("item", DataType::Int8, true).into()),
+            DataType::LargeList(Field::new("item", DataType::Float64, true).into()),
+            DataType::List(Field::new("element", DataType::Int64, false).into()),
         ];
         for unit in units {
             types.push(DataType::Duration(unit));

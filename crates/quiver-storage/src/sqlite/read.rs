@@ -17,14 +17,24 @@ use crate::value::{Cell as ValueCell, Value};
 
 impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        if let Value::List(_) = self {
+            return Err(no_lists());
+        }
         Ok(sql_output(self.as_cell()))
     }
 }
 
 impl ToSql for ValueCell<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        if let ValueCell::List(_) | ValueCell::Values(_) = self {
+            return Err(no_lists());
+        }
         Ok(sql_output(self.clone()))
     }
+}
+
+fn no_lists() -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure("SQLite has no list type".into())
 }
 
 /// A value as SQLite stores it: dates and timestamps as the ISO-8601 text its date
@@ -49,6 +59,8 @@ fn sql_output(cell: ValueCell<'_>) -> rusqlite::types::ToSqlOutput<'_> {
         // A count of the column's unit (its declared type names the unit).
         ValueCell::Duration(count, _) => ToSqlOutput::Owned(Owned::Integer(count)),
         ValueCell::Decimal(v) => ToSqlOutput::Owned(Owned::Text(v)),
+        // Refused before (`ToSql`): SQLite has no list type.
+        ValueCell::List(_) | ValueCell::Values(_) => ToSqlOutput::Borrowed(Borrowed::Null),
     }
 }
 
