@@ -49,6 +49,20 @@ fn expected_kind(data_type: &DataType) -> &'static str {
     }
 }
 
+/// The `int64` values an integer column holds.
+fn integer_range(data_type: &DataType) -> (i64, i64) {
+    match data_type {
+        DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+        DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+        DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+        DataType::UInt8 => (0, u8::MAX.into()),
+        DataType::UInt16 => (0, u16::MAX.into()),
+        DataType::UInt32 => (0, u32::MAX.into()),
+        DataType::UInt64 => (0, i64::MAX),
+        _ => (i64::MIN, i64::MAX),
+    }
+}
+
 /// Converts a protobuf value for `column`, or explains why it does not fit.
 ///
 /// The value must also be one the store of `dialect` holds as written (dates and
@@ -89,33 +103,21 @@ fn convert_value(column: &ColumnInfo, value: &pb::Value, row: usize) -> Result<V
     Ok(match (&column.data_type, kind) {
         (_, Kind::Null(_)) => Value::Null,
         (DataType::Boolean, Kind::Bool(v)) => Value::Bool(*v),
-        (DataType::Int8, Kind::Int64(v)) => {
-            i8::try_from(*v).map_err(|_| out_of_range(*v))?;
-            Value::Int(*v)
-        }
-        (DataType::Int16, Kind::Int64(v)) => {
-            i16::try_from(*v).map_err(|_| out_of_range(*v))?;
-            Value::Int(*v)
-        }
-        (DataType::Int32, Kind::Int64(v)) => {
-            i32::try_from(*v).map_err(|_| out_of_range(*v))?;
-            Value::Int(*v)
-        }
-        (DataType::Int64, Kind::Int64(v)) => Value::Int(*v),
-        (DataType::UInt8, Kind::Int64(v)) => {
-            u8::try_from(*v).map_err(|_| out_of_range(*v))?;
-            Value::Int(*v)
-        }
-        (DataType::UInt16, Kind::Int64(v)) => {
-            u16::try_from(*v).map_err(|_| out_of_range(*v))?;
-            Value::Int(*v)
-        }
-        (DataType::UInt32, Kind::Int64(v)) => {
-            u32::try_from(*v).map_err(|_| out_of_range(*v))?;
-            Value::Int(*v)
-        }
-        (DataType::UInt64, Kind::Int64(v)) => {
-            u64::try_from(*v).map_err(|_| out_of_range(*v))?;
+        (
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64,
+            Kind::Int64(v),
+        ) => {
+            let (low, high) = integer_range(&column.data_type);
+            if !(low..=high).contains(v) {
+                return Err(out_of_range(*v));
+            }
             Value::Int(*v)
         }
         // A count of the column's unit.
