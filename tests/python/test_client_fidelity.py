@@ -666,3 +666,33 @@ def test_lists_ingest_where_the_store_has_arrays(writable_server, writer, store)
     cur = writer.cursor()
     cur.execute("SELECT * FROM listed ORDER BY n")
     assert_reads_back(writable_server, cur.fetch_arrow_table(), sent)
+
+
+def test_a_batch_that_claims_more_rows_than_it_carries_is_refused(writable_server, writer, store):
+    """A Null column costs no byte a row: a message of a few hundred bytes can claim a
+    billion rows, each of which ingest would write. Refused with RESOURCE_EXHAUSTED at
+    once; nothing is created."""
+    data = pa.table({"nothing": pa.nulls(1_000_000_000)})
+    started = time.monotonic()
+    with pytest.raises(Exception) as raised:
+        writer.cursor().adbc_ingest("claimed_rows", data, mode="create")
+    assert "ResourceExhausted" in str(raised.value), str(raised.value)
+    assert time.monotonic() - started < 30
+    assert store.columns("claimed_rows") == []
+
+
+def test_a_column_comment_anyone_writes_cannot_stop_the_catalog(writable_server, writer):
+    """PostgreSQL: a comment in the form ingest records types with, nested 100,000 deep
+    (a recursive parse would overflow the stack), is not taken as a type: the column
+    reads as its own type and the server answers."""
+    if writable_server.kind != "postgres":
+        pytest.skip("SQLite records the Arrow type in the declared type")
+    writer.cursor().execute("CREATE TABLE commented (n BIGINT)")
+    deep = "List(" * 100_000 + "Int64" + ")" * 100_000
+    writer.cursor().execute(f"COMMENT ON COLUMN commented.n IS 'quiver:arrow={deep}'")
+    writer.cursor().execute("INSERT INTO commented (n) VALUES (7)")
+    cur = writer.cursor()
+    cur.execute("SELECT n FROM commented")
+    table = cur.fetch_arrow_table()
+    assert table.schema.field("n").type == pa.int64()
+    assert table.column("n").to_pylist() == [7]

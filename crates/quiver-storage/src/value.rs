@@ -423,7 +423,9 @@ pub fn is_writable(data_type: &DataType) -> bool {
         DataType::Dictionary(_, values) => is_writable(values),
         DataType::Time32(unit) => matches!(unit, TimeUnit::Second | TimeUnit::Millisecond),
         DataType::Time64(unit) => matches!(unit, TimeUnit::Microsecond | TimeUnit::Nanosecond),
-        // One dimension of elements of the other types (PostgreSQL's arrays).
+        // One dimension of elements of the other types (PostgreSQL's arrays). Not of
+        // views or dictionaries: their elements could name one large value many times,
+        // beyond the byte bounds checked on top-level columns.
         DataType::List(item) | DataType::LargeList(item) => {
             !matches!(
                 item.data_type(),
@@ -431,6 +433,8 @@ pub fn is_writable(data_type: &DataType) -> bool {
                     | DataType::LargeList(_)
                     | DataType::Null
                     | DataType::Dictionary(..)
+                    | DataType::Utf8View
+                    | DataType::BinaryView
             ) && is_writable(item.data_type())
         }
         _ => matches!(

@@ -130,6 +130,7 @@ impl Writer {
                         batch.num_columns()
                     )));
                 }
+                check_rows_carried(&batch)?;
                 let mut offset = 0;
                 while offset < batch.num_rows() {
                     let length = INGEST_SLICE_ROWS.min(batch.num_rows() - offset);
@@ -189,6 +190,28 @@ fn stored_schema(schema: &Schema) -> Schema {
         })
         .collect();
     Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// Most rows per byte an ingest batch may carry beyond its first slice: one bit a row
+/// (a validity bitmap). A `Null` column costs nothing a row, so a message of a few
+/// bytes could otherwise claim billions of rows, each written out.
+const ROWS_PER_BYTE: usize = 8;
+
+/// Refuses a batch that claims more rows than its bytes carry (see [`ROWS_PER_BYTE`]).
+fn check_rows_carried(batch: &RecordBatch) -> Result<()> {
+    let carried = batch
+        .get_array_memory_size()
+        .saturating_mul(ROWS_PER_BYTE)
+        .max(INGEST_SLICE_ROWS);
+    if batch.num_rows() > carried {
+        return Err(Error::ResourceExhausted(format!(
+            "an ingest batch claims {} rows in {} bytes; send at most {carried} rows a \
+             batch (a row must carry a bit)",
+            batch.num_rows(),
+            batch.get_array_memory_size()
+        )));
+    }
+    Ok(())
 }
 
 /// `batch` with its dictionary-encoded columns decoded, as `stored` says; refused

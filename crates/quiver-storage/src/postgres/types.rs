@@ -64,6 +64,10 @@ pub struct ColumnType<'a> {
     pub comment: Option<&'a str>,
 }
 
+/// The longest recorded type parsed (ingest writes at most a list of a zoned
+/// timestamp: well within it).
+const MAX_RECORDED_TYPE: usize = 200;
+
 /// How a column comment records the Arrow type ingest created the column for.
 pub const ARROW_TYPE_COMMENT: &str = "quiver:arrow=";
 
@@ -136,7 +140,13 @@ pub fn map_type(column: ColumnType<'_>) -> Mapping {
 /// The Arrow type a column comment records, when the column still has the type
 /// ingest created for it (`native`: what that type reads as without the record).
 fn recorded_type(comment: Option<&str>, native: &DataType) -> Option<DataType> {
-    let recorded: DataType = comment?.strip_prefix(ARROW_TYPE_COMMENT)?.parse().ok()?;
+    let text = comment?.strip_prefix(ARROW_TYPE_COMMENT)?;
+    // Anyone who may comment on a column writes this text, and Arrow's parser recurses
+    // once per nesting: only what ingest writes (short, a list at most) is parsed.
+    if text.len() > MAX_RECORDED_TYPE || text.matches('(').count() > 3 {
+        return None;
+    }
+    let recorded: DataType = text.parse().ok()?;
     (native_type(&recorded).as_ref() == Some(native)).then_some(recorded)
 }
 
@@ -285,6 +295,13 @@ mod tests {
             recorded_type(Some("quiver:arrow=Nonsense"), &DataType::Int16),
             None
         );
+        // A comment anyone may write is parsed only when it is short and shallow.
+        let deep = format!(
+            "quiver:arrow={}Int8{}",
+            "List(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        assert_eq!(recorded_type(Some(&deep), &DataType::Int16), None);
     }
 
     #[test]

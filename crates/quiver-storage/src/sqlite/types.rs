@@ -61,13 +61,20 @@ pub fn arrow_type_for_declared(declared: &str) -> Option<DataType> {
         return None;
     }
     // The base name without a length/precision suffix: `VARCHAR(20)` → `VARCHAR`.
-    let base = upper.split('(').next().unwrap_or("").trim();
-    if let Some((name, zone)) = zoned(declared) {
-        return matches!(
+    let base = upper.split(['(', '\'']).next().unwrap_or("").trim();
+    // A zone Quiver would write (`TIMESTAMPTZ 'Europe/Paris'(3)`); any other quoted
+    // text leaves the declared type to the rules below.
+    if let Some((name, zone)) = zoned(declared)
+        && matches!(
             name.to_ascii_uppercase().as_str(),
             "TIMESTAMPTZ" | "TIMESTAMP"
         )
-        .then(|| DataType::Timestamp(timestamp_unit(&upper), Some(zone.into())));
+        && declarable_zone(zone)
+    {
+        return Some(DataType::Timestamp(
+            timestamp_unit(&upper),
+            Some(zone.into()),
+        ));
     }
     let data_type = match base {
         "BOOL" | "BOOLEAN" => DataType::Boolean,
@@ -353,6 +360,11 @@ mod tests {
             ("TIME(3)", DataType::Time32(TimeUnit::Millisecond)),
             ("time(9)", DataType::Time64(TimeUnit::Nanosecond)),
             ("FIXED_BLOB(4)", DataType::FixedSizeBinary(4)),
+            ("TEXT 'note'", DataType::Utf8),
+            (
+                "TIMESTAMPTZ ''",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ),
             ("DURATION(3)", DataType::Duration(TimeUnit::Millisecond)),
             (
                 "TIMESTAMPTZ 'America/New_York'(9)",
