@@ -39,6 +39,23 @@ pub enum Command {
     },
     /// Run a SQL query against a server over Flight SQL and print the result.
     Query(QueryArgs),
+    /// Make credentials for the auth file.
+    Auth {
+        /// What to make.
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+/// `quiver auth …`.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Read a password (one line on stdin) and print its argon2id hash for a user's
+    /// `password_hash`.
+    HashPassword,
+    /// Print a new random API token (`token=…`, given to the client) and its SHA-256
+    /// (`sha256=…`, for the auth file's `[[tokens]]`).
+    NewToken,
 }
 
 /// `quiver demo …`.
@@ -80,8 +97,50 @@ pub struct QueryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// How to connect and authenticate.
+    #[command(flatten)]
+    pub client: ClientOptions,
     /// The SQL query.
     pub sql: String,
+}
+
+/// Credentials and TLS of a client connection.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientOptions {
+    /// User name: logs in with the Flight SQL handshake (with --password).
+    #[arg(long, env = "QUIVER_USER")]
+    pub user: Option<String>,
+    /// Password of --user.
+    #[arg(long, env = "QUIVER_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token (an API token or a JWT) sent with every call.
+    #[arg(
+        long,
+        env = "QUIVER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    pub token: Option<String>,
+    /// PEM roots the server's certificate is checked against (an `https://` address
+    /// without it uses the Mozilla roots).
+    #[arg(long, env = "QUIVER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (mutual TLS), with --tls-key.
+    #[arg(
+        long,
+        env = "QUIVER_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "QUIVER_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Runs a parsed command line.
@@ -92,6 +151,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             command: DemoCommand::Load(args),
         } => demo_load(args).await,
         Command::Query(args) => query(args).await,
+        Command::Auth {
+            command: AuthCommand::HashPassword,
+        } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(Error::Config("no password on stdin".to_owned()));
+            }
+            let hash = crate::auth::hash_password(password)?;
+            writeln!(std::io::stdout(), "{hash}")?;
+            Ok(())
+        }
+        Command::Auth {
+            command: AuthCommand::NewToken,
+        } => {
+            let (token, sha256) = crate::auth::new_token();
+            writeln!(std::io::stdout(), "token={token}\nsha256={sha256}")?;
+            Ok(())
+        }
     }
 }
 
@@ -195,15 +274,61 @@ pub fn progress_printer() -> ProgressFn {
 
 /// Runs `sql` on the Flight SQL server at `addr` and collects the result.
 pub async fn fetch(addr: &str, sql: &str) -> Result<Vec<RecordBatch>> {
-    let client_error =
-        |what: &str, err: &dyn std::fmt::Display| Error::Client(format!("{what}: {err}"));
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .map_err(|err| client_error("invalid address", &err))?
+    fetch_with(addr, sql, &ClientOptions::default()).await
+}
+
+/// Runs `sql` on the Flight SQL server at `addr`, connecting and authenticating as
+/// `options` say, and collects the result.
+pub async fn fetch_with(
+    addr: &str,
+    sql: &str,
+    options: &ClientOptions,
+) -> Result<Vec<RecordBatch>> {
+    let client_error = |what: &str, err: &dyn std::fmt::Display| {
+        Error::Client(format!("{what}: {}", with_code_name(&err.to_string())))
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .map_err(|err| client_error("invalid address", &err))?;
+    let tls_asked = options.tls_ca.is_some() || options.tls_cert.is_some();
+    if addr.starts_with("https://") || tls_asked {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|err| client_error(&format!("cannot read {}", path.display()), &err))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &options.tls_ca {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| client_error("invalid TLS settings", &err))?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|err| client_error(&format!("cannot connect to {addr}"), &err))?;
     let inner = FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut client = FlightSqlServiceClient::new_from_inner(inner);
+    match (&options.user, &options.password, &options.token) {
+        (Some(user), password, _) => {
+            client
+                .handshake(user, password.as_deref().unwrap_or(""))
+                .await
+                .map_err(|err| client_error("login failed", &err))?;
+        }
+        (None, Some(_), _) => {
+            return Err(Error::Client("--password needs --user".to_owned()));
+        }
+        (None, None, Some(token)) => client.set_token(token.clone()),
+        (None, None, None) => {}
+    }
     let info = client
         .execute(sql.to_owned(), None)
         .await
@@ -226,9 +351,39 @@ pub async fn fetch(addr: &str, sql: &str) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
+/// A client error's text with the gRPC code's name (`UNAUTHENTICATED`) in front of
+/// tonic's description of it, which is all arrow-flight's errors carry.
+fn with_code_name(text: &str) -> String {
+    const CODES: [tonic::Code; 16] = [
+        tonic::Code::Cancelled,
+        tonic::Code::Unknown,
+        tonic::Code::InvalidArgument,
+        tonic::Code::DeadlineExceeded,
+        tonic::Code::NotFound,
+        tonic::Code::AlreadyExists,
+        tonic::Code::PermissionDenied,
+        tonic::Code::ResourceExhausted,
+        tonic::Code::FailedPrecondition,
+        tonic::Code::Aborted,
+        tonic::Code::OutOfRange,
+        tonic::Code::Unimplemented,
+        tonic::Code::Internal,
+        tonic::Code::Unavailable,
+        tonic::Code::DataLoss,
+        tonic::Code::Unauthenticated,
+    ];
+    match CODES
+        .iter()
+        .find(|code| text.contains(&format!("code: '{}'", code.description())))
+    {
+        Some(code) => format!("{} ({text})", crate::error::code_name(*code)),
+        None => text.to_owned(),
+    }
+}
+
 /// `quiver query`.
 pub async fn query(args: QueryArgs) -> Result<()> {
-    let batches = fetch(&args.addr, &args.sql).await?;
+    let batches = fetch_with(&args.addr, &args.sql, &args.client).await?;
     let mut stdout = std::io::stdout().lock();
     match args.format {
         OutputFormat::Table => {

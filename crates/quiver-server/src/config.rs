@@ -14,7 +14,10 @@ use quiver_storage::sqlite::SqliteOptions;
 use quiver_storage::{PoolOptions, StoreOptions};
 use serde::Deserialize;
 
+use crate::auth::AuthMode;
+use crate::auth::layer::ClientLimitConfig;
 use crate::error::{Error, Result};
+use crate::listen::TlsSettings;
 
 /// The default database: a SQLite file in `./quiver-data`.
 pub const DEFAULT_DB: &str = "sqlite://./quiver-data/quiver.db";
@@ -137,6 +140,56 @@ serve_args! {
     max_concurrent_queries: usize, env = "QUIVER_MAX_CONCURRENT_QUERIES";
     /// Milliseconds a query waits in line before RESOURCE_EXHAUSTED [default: 30000].
     query_queue_timeout_ms: u64, env = "QUIVER_QUERY_QUEUE_TIMEOUT_MS";
+    /// Authentication: `on`, or `none` (anyone may do anything; logged as a warning)
+    /// [default: on when --auth-file is given; none when both ports listen on loopback;
+    /// otherwise the server refuses to start].
+    auth: AuthMode, env = "QUIVER_AUTH";
+    /// TOML file of users, API tokens, JWT keys and client-certificate names
+    /// (docs/security.md); reloaded on SIGHUP.
+    auth_file: PathBuf, env = "QUIVER_AUTH_FILE";
+    /// PEM certificate chain: both ports serve TLS only (with --tls-key).
+    tls_cert: PathBuf, env = "QUIVER_TLS_CERT";
+    /// PEM private key of --tls-cert.
+    tls_key: PathBuf, env = "QUIVER_TLS_KEY";
+    /// PEM roots client certificates are verified against (mutual TLS).
+    tls_client_ca: PathBuf, env = "QUIVER_TLS_CLIENT_CA";
+    /// With --tls-client-ca: whether clients must present a certificate
+    /// [default: optional].
+    tls_client_auth: ClientAuth, env = "QUIVER_TLS_CLIENT_AUTH";
+    /// Requests per second one principal may make (gRPC calls and HTTP requests);
+    /// 0 for no limit [default: 0].
+    client_rate_limit_rps: u32, env = "QUIVER_CLIENT_RATE_LIMIT_RPS";
+    /// Requests one principal may make at once above its rate [default: the rate].
+    client_rate_limit_burst: u32, env = "QUIVER_CLIENT_RATE_LIMIT_BURST";
+    /// Queries one principal may run at once; more wait for its own to end
+    /// [default: half of max_concurrent_queries].
+    client_max_concurrent_queries: usize, env = "QUIVER_CLIENT_MAX_CONCURRENT_QUERIES";
+    /// Subscriptions one principal may hold open [default: 1000].
+    client_max_subscriptions: usize, env = "QUIVER_CLIENT_MAX_SUBSCRIPTIONS";
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A certificate, if presented, must verify; clients without one authenticate
+    /// otherwise.
+    Optional,
+    /// No connection without a verified certificate.
+    Required,
+}
+
+/// Authentication, TLS and per-principal limits.
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// `--auth`, when given.
+    pub auth: Option<AuthMode>,
+    /// The auth file.
+    pub auth_file: Option<PathBuf>,
+    /// TLS on both ports, when configured.
+    pub tls: Option<TlsSettings>,
+    /// Per-principal limits.
+    pub client_limits: ClientLimitConfig,
 }
 
 /// Settings of the subscription service.
@@ -190,6 +243,8 @@ pub struct Config {
     pub subscriptions: SubscriptionConfig,
     /// Most parameter rows bound to a prepared query.
     pub max_query_parameter_rows: usize,
+    /// Authentication, TLS and per-principal limits.
+    pub security: SecurityConfig,
 }
 
 /// Limits and retention of the write path.
@@ -345,6 +400,44 @@ impl ServeArgs {
                 max_tables: self.max_subscription_tables.unwrap_or(64),
             },
             max_query_parameter_rows: self.max_query_parameter_rows.unwrap_or(1024),
+            security: SecurityConfig {
+                auth: self.auth,
+                auth_file: self.auth_file,
+                tls: match (self.tls_cert, self.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsSettings {
+                        cert,
+                        key,
+                        client_ca: self.tls_client_ca,
+                        client_auth_required: self.tls_client_auth == Some(ClientAuth::Required),
+                    }),
+                    (None, None) if self.tls_client_ca.is_none() => None,
+                    _ => {
+                        return Err(Error::Config(
+                            "TLS needs both tls_cert and tls_key (and tls_client_ca only with them)"
+                                .to_owned(),
+                        ));
+                    }
+                },
+                client_limits: ClientLimitConfig {
+                    rate_per_second: f64::from(self.client_rate_limit_rps.unwrap_or(0)),
+                    burst: f64::from(
+                        self.client_rate_limit_burst
+                            .or(self.client_rate_limit_rps)
+                            .unwrap_or(0),
+                    ),
+                    max_queries: self.client_max_concurrent_queries.unwrap_or_else(|| {
+                        (self
+                            .max_concurrent_queries
+                            .unwrap_or(executor_defaults.max_concurrent)
+                            / 2)
+                        .max(1)
+                    }),
+                    max_subscriptions: self.client_max_subscriptions.unwrap_or(1000),
+                    queue_timeout: self
+                        .query_queue_timeout_ms
+                        .map_or(executor_defaults.queue_timeout, Duration::from_millis),
+                },
+            },
         };
         config.validate()?;
         Ok(config)
@@ -425,6 +518,22 @@ impl Config {
                  must be at least 1"
                     .to_owned(),
             );
+        }
+        if self.security.client_limits.max_queries == 0
+            || self.security.client_limits.max_subscriptions == 0
+        {
+            return fail(
+                "client_max_concurrent_queries and client_max_subscriptions must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self
+            .security
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_none() && t.client_auth_required)
+        {
+            return fail("tls_client_auth = required needs tls_client_ca".to_owned());
         }
         if self.demo && self.demo_tasks == 0 {
             return fail("demo_tasks must be at least 1".to_owned());

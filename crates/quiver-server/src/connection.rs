@@ -9,21 +9,48 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// The id of one client connection, unique within the process.
+use crate::listen::{Io, Peer};
+
+/// The id of one client connection, unique within the process, and of the principal
+/// a request on it authenticated as: what a client's transactions belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnectionId(u64);
+pub struct ConnectionId {
+    connection: u64,
+    /// A keyed hash of the principal's scope; 0 for the connection as a whole.
+    principal: u64,
+}
+
+impl ConnectionId {
+    /// Whether what belongs to `other` ends when `self` ends: the same connection, and
+    /// the same principal unless `self` is the whole connection (it closed).
+    pub fn covers(&self, other: &ConnectionId) -> bool {
+        self.connection == other.connection
+            && (self.principal == 0 || self.principal == other.principal)
+    }
+}
 
 impl std::fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "c{}", self.0)
+        write!(f, "c{}", self.connection)
     }
+}
+
+/// A keyed hash of `principal`: equal for the same principal, unpredictable to
+/// clients, never 0.
+fn principal_tag(principal: &crate::auth::Principal) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default)
+        .hash_one(principal.scope())
+        .max(1)
 }
 
 /// What a request knows of its connection.
@@ -33,14 +60,24 @@ pub struct ConnectInfo {
     pub id: ConnectionId,
     /// The client's address.
     pub remote: Option<SocketAddr>,
+    /// The common name of the client's verified certificate (mTLS).
+    pub certificate: Option<Arc<str>>,
 }
 
-/// The connection a request came on, when it came over the network.
+/// The connection a request came on, when it came over the network, and the principal
+/// it authenticated as.
 pub fn connection_of<T>(request: &tonic::Request<T>) -> Option<ConnectionId> {
+    let principal = request
+        .extensions()
+        .get::<crate::auth::Principal>()
+        .map_or(0, principal_tag);
     request
         .extensions()
         .get::<ConnectInfo>()
-        .map(|info| info.id)
+        .map(|info| ConnectionId {
+            connection: info.id.connection,
+            principal,
+        })
 }
 
 /// Numbers accepted connections and reports the ones that close.
@@ -65,11 +102,15 @@ impl Connections {
 
     /// Wraps an accepted stream: its requests carry its id, and its id is reported
     /// when it is dropped (the connection closed).
-    pub fn track(&self, stream: TcpStream) -> TrackedStream {
-        let id = ConnectionId(self.next.fetch_add(1, Ordering::Relaxed));
+    pub fn track(&self, stream: Io, peer: Peer) -> TrackedStream {
+        let id = ConnectionId {
+            connection: self.next.fetch_add(1, Ordering::Relaxed),
+            principal: 0,
+        };
         let info = ConnectInfo {
             id,
-            remote: stream.peer_addr().ok(),
+            remote: peer.remote,
+            certificate: peer.certificate,
         };
         TrackedStream {
             inner: stream,
@@ -79,10 +120,10 @@ impl Connections {
     }
 }
 
-/// An accepted TCP stream that knows its connection id.
+/// An accepted connection that knows its id.
 #[derive(Debug)]
 pub struct TrackedStream {
-    inner: TcpStream,
+    inner: Io,
     info: ConnectInfo,
     closed: mpsc::UnboundedSender<ConnectionId>,
 }

@@ -49,6 +49,10 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
 
+    /// The request carries no credentials, or credentials that are wrong or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
+
     /// Arrow data sent by the client could not be decoded.
     #[error("invalid Arrow data: {0}")]
     Arrow(#[from] ArrowError),
@@ -137,6 +141,7 @@ pub fn code_of(err: &Error) -> Code {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::Config(_) => Code::FailedPrecondition,
         Error::Io(_) | Error::Client(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) | Error::Metadata(_) => Code::Internal,

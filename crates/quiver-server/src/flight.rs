@@ -38,11 +38,11 @@ use arrow_flight::sql::{
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
     CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
     CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
-    SqlInfo, TicketStatementQuery,
+    SqlInfo, TableExistsOption, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, CancelStatus, FlightData, FlightDescriptor, FlightInfo, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, ActionType, CancelStatus, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -54,6 +54,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::cancel::Queries;
 use self::handle::StatementHandle;
 use self::metadata::{KeyFilter, SQL_INFO};
+use crate::auth::{self, Auth, Role};
 use crate::connection::{ConnectionId, connection_of};
 use crate::error::{Error, Result};
 use crate::subscriptions::{self, Hub};
@@ -69,6 +70,7 @@ pub struct QuiverFlightSqlService {
     writer: Arc<Writer>,
     subscriptions: Arc<Hub>,
     queries: Arc<Queries>,
+    auth: Arc<Auth>,
     max_flight_data_size: usize,
     max_query_parameter_rows: usize,
 }
@@ -81,6 +83,7 @@ impl QuiverFlightSqlService {
     pub fn new(
         writer: Arc<Writer>,
         subscriptions: Arc<Hub>,
+        auth: Arc<Auth>,
         max_flight_data_size: usize,
         max_query_parameter_rows: usize,
     ) -> Self {
@@ -89,6 +92,7 @@ impl QuiverFlightSqlService {
             writer,
             subscriptions,
             queries: Arc::new(Queries::default()),
+            auth,
             max_flight_data_size,
             max_query_parameter_rows,
         }
@@ -118,6 +122,7 @@ impl QuiverFlightSqlService {
             .limits()
             .check("statement", &handle.sql)
             .map_err(Error::from)?;
+        require_for(&request, &handle.sql)?;
         let owner = connection_of(&request);
         self.writer
             .check_transaction(handle.transaction_id.as_ref(), owner)?;
@@ -155,6 +160,18 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes> {
     Ok(bytes)
 }
 
+/// Fails unless the request's principal may run `sql`: queries need `read`, DML
+/// `write`, DDL `admin`. Checked where a statement runs, not only where a handle is
+/// made: handles come back from clients.
+fn require_for<T>(request: &Request<T>, sql: &str) -> Result<(), Status> {
+    let (role, what) = match statement_kind(sql) {
+        StatementKind::Query => (Role::Read, "run queries"),
+        StatementKind::Update => (Role::Write, "change rows"),
+        StatementKind::Ddl => (Role::Admin, "change the schema (DDL)"),
+    };
+    Ok(auth::require(request, role, what)?)
+}
+
 fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
     StatementHandle::decode(bytes).map_err(Status::from)
 }
@@ -162,6 +179,52 @@ fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
 #[tonic::async_trait]
 impl FlightSqlService for QuiverFlightSqlService {
     type FlightService = QuiverFlightSqlService;
+
+    /// Basic credentials (`authorization: Basic …`, padded or not) answered with
+    /// `authorization: Bearer <token>` in the response headers, which clients send on
+    /// every call after; a bearer token is checked and handed back.
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let answer = |payload: Bytes| {
+            let output = futures::stream::iter([Ok(HandshakeResponse {
+                protocol_version: 0,
+                payload,
+            })]);
+            Response::new(Box::pin(output) as Pin<Box<dyn Stream<Item = _> + Send>>)
+        };
+        if !self.auth.enabled() {
+            return Ok(answer(Bytes::new()));
+        }
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
+        let remote = request.remote_addr().or_else(|| {
+            request
+                .extensions()
+                .get::<crate::connection::ConnectInfo>()
+                .and_then(|i| i.remote)
+        });
+        let (principal, token) = match self.auth.handshake(authorization.as_deref()).await {
+            Ok(done) => done,
+            Err(err) => {
+                tracing::info!(client = ?remote, error = %err, "login refused");
+                return Err(err.into());
+            }
+        };
+        tracing::info!(%principal, client = ?remote, "logged in");
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Internal("an issued token is not a header value".to_owned()))?;
+        let mut response = answer(Bytes::from(token));
+        response.metadata_mut().insert("authorization", header);
+        Ok(response)
+    }
 
     #[tracing::instrument(name = "flight.get_flight_info.statement", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&query.query), rows = tracing::field::Empty))]
     async fn get_flight_info_statement(
@@ -191,6 +254,7 @@ impl FlightSqlService for QuiverFlightSqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = decode_handle(&ticket.statement_handle)?;
         tracing::Span::current().record("db.query.text", crate::telemetry::shown_sql(&handle.sql));
+        require_for(&request, &handle.sql)?;
         self.run(handle, connection_of(&request)).await
     }
 
@@ -200,11 +264,9 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(
-            decode_handle(&query.prepared_statement_handle)?,
-            connection_of(&request),
-        )
-        .await
+        let handle = decode_handle(&query.prepared_statement_handle)?;
+        require_for(&request, &handle.sql)?;
+        self.run(handle, connection_of(&request)).await
     }
 
     #[tracing::instrument(name = "flight.create_prepared_statement", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&query.query)))]
@@ -220,6 +282,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             .limits()
             .check("statement", &handle.sql)
             .map_err(Error::from)?;
+        require_for(&request, &handle.sql)?;
         crate::writes::guard::check_query(&handle.sql)?;
         let (dataset, parameters) = if statement_kind(&handle.sql) == StatementKind::Query {
             let prepared = self
@@ -266,6 +329,8 @@ impl FlightSqlService for QuiverFlightSqlService {
         command: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        auth::require(&request, Role::Write, "change rows")?;
+        require_for(&request, &command.query)?;
         self.statement_update(command, request).await
     }
 
@@ -275,6 +340,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         command: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        auth::require(&request, Role::Write, "change rows")?;
         self.prepared_update(command, request).await
     }
 
@@ -284,6 +350,15 @@ impl FlightSqlService for QuiverFlightSqlService {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let replaces = command
+            .table_definition_options
+            .as_ref()
+            .is_some_and(|o| o.if_exists == TableExistsOption::Replace as i32);
+        if replaces {
+            auth::require(&request, Role::Admin, "replace a table by ingest")?;
+        } else {
+            auth::require(&request, Role::Write, "ingest rows")?;
+        }
         self.ingest(command, request).await
     }
 
@@ -292,6 +367,9 @@ impl FlightSqlService for QuiverFlightSqlService {
         _query: ActionBeginTransactionRequest,
         request: Request<Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
+        // A read-only principal may hold a transaction (ADBC's DB-API connection begins
+        // one at connect); each statement in it is checked for its own role.
+        auth::require(&request, Role::Read, "begin a transaction")?;
         Ok(ActionBeginTransactionResult {
             transaction_id: self.writer.begin(connection_of(&request))?,
         })
@@ -302,6 +380,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: ActionEndTransactionRequest,
         request: Request<Action>,
     ) -> Result<(), Status> {
+        auth::require(&request, Role::Read, "end a transaction")?;
         self.end_transaction(
             &query.transaction_id,
             query.action(),

@@ -1,4 +1,4 @@
-//! The HTTP surface: health, readiness and `POST /v1/query` (SQL → JSON).
+//! The HTTP surface: health, readiness, metrics and `POST /v1/query` (SQL → JSON).
 //!
 //! `POST /v1/query` with `{"sql": "..."}` answers a JSON array with one object per row
 //! (`[{"id": 1, "status": "todo"}, …]`, NULLs as `null`, timestamps as ISO-8601 text).
@@ -30,6 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::Instrument;
 
+use crate::auth::layer::{Gate, http_gate};
 use crate::error::{Error, code_name, code_of};
 
 /// Shared state of the HTTP handlers.
@@ -49,14 +50,18 @@ const BODY_OVERHEAD: usize = 64 << 10;
 /// How long readiness waits for the store before answering from the pool's state.
 const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// The HTTP routes.
-pub fn router(state: HttpState) -> Router {
+/// The HTTP routes: `/healthz` and `/readyz` answer anyone; the others go through
+/// `gate` (authentication, `read`, the principal's limits).
+pub fn router(state: HttpState, gate: Gate) -> Router {
     let body_limit = state.engine.limits().max_bytes + BODY_OVERHEAD;
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/query", post(query))
+        .route_layer(axum::middleware::from_fn_with_state(gate, http_gate));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/query", post(query))
+        .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -197,7 +202,7 @@ fn http_status(code: Code) -> StatusCode {
     }
 }
 
-fn error_response(err: Error) -> Response {
+pub(crate) fn error_response(err: Error) -> Response {
     let code = code_of(&err);
     if code == Code::Internal {
         tracing::error!(error = %err, "internal error");

@@ -13,12 +13,16 @@
 //!   fed by one shared tail of the change log.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `POST /v1/query`.
 //! - [`config`]: flags, `QUIVER_*` variables and the TOML file, merged and validated.
-//! - [`cli`]: the `quiver` subcommands (`serve`, `demo load`, `query`).
+//! - [`cli`]: the `quiver` subcommands (`serve`, `demo load`, `query`, `auth`).
+//! - [`auth`]: authentication, roles and per-principal limits in front of every
+//!   service.
+//! - [`listen`]: accepting connections, TLS (rustls) with certificate reload.
 //! - [`error`]: [`Error`] and the one mapping of errors to gRPC statuses.
 //! - [`connection`]: which client connection a request came on; closed connections.
 //! - [`ipc`]: Arrow IPC streams from clients, checked before they are read.
 //! - `test_utils` (feature `test-utils`): a `TestServer` on ephemeral ports.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -26,6 +30,7 @@ pub mod error;
 pub mod flight;
 pub mod http;
 pub mod ipc;
+pub mod listen;
 pub mod mutations;
 pub mod subscriptions;
 pub mod supervise;
@@ -37,19 +42,21 @@ pub mod writes;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use axum::serve::ListenerExt;
 use quiver_proto::v1::mutations_server::MutationsServer;
 use quiver_proto::v1::subscriptions_server::SubscriptionsServer;
 use quiver_query::QueryEngine;
 use quiver_storage::{Store, changelog, demo};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::{Error, Result};
 
+use crate::auth::layer::{ClientLimits, Gate, GateLayer};
+use crate::auth::{Auth, AuthMode};
 use crate::connection::{Connections, TrackedStream};
+use crate::listen::Tls;
 
 use crate::flight::QuiverFlightSqlService;
 use crate::mutations::MutationService;
@@ -89,6 +96,10 @@ pub struct Server {
     pub writer: Arc<Writer>,
     /// The configuration it was built from.
     pub config: Config,
+    /// Who may call, and what they may do.
+    pub auth: Arc<Auth>,
+    /// TLS on both ports, when configured.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Server {
@@ -98,6 +109,9 @@ impl Server {
     /// it serves as not ready (`/readyz` says why), and a background task finishes the
     /// start — demo data, catalog — as soon as the store answers.
     pub async fn open(config: Config, progress: demo::ProgressFn) -> Result<Self> {
+        // Settings that stop the start are checked before the store is touched.
+        let auth = Arc::new(authenticator(&config)?);
+        let tls = config.security.tls.clone().map(Tls::load).transpose()?;
         let store = Store::open(&config.db, &config.store).await?;
         tracing::info!(store = %store.describe(), "store opened");
         let engine = Arc::new(QueryEngine::unloaded(store, config.engine.clone())?);
@@ -118,7 +132,35 @@ impl Server {
             engine,
             writer,
             config,
+            auth,
+            tls,
         })
+    }
+}
+
+/// The authenticator `config` asks for. Authentication off must be explicit, except
+/// when both ports listen on loopback only (the local demo).
+fn authenticator(config: &Config) -> Result<Auth> {
+    let security = &config.security;
+    let loopback = config.grpc_addr.ip().is_loopback() && config.http_addr.ip().is_loopback();
+    match (security.auth, &security.auth_file) {
+        (Some(AuthMode::None), _) => {
+            tracing::warn!(
+                "authentication is off (--auth none): every client may read, write and change                  the schema"
+            );
+            Ok(Auth::disabled())
+        }
+        (Some(AuthMode::On), file) | (None, file @ Some(_)) => Auth::load(file.clone()),
+        (None, None) if loopback => {
+            tracing::warn!(
+                "authentication is off: no --auth-file, and both ports listen on loopback only;                  configure --auth-file (or pass --auth none) to listen elsewhere"
+            );
+            Ok(Auth::disabled())
+        }
+        (None, None) => Err(Error::Config(format!(
+            "the server would listen on {} and {} without authentication: configure              --auth-file with users or tokens, or pass --auth none to allow it explicitly",
+            config.grpc_addr, config.http_addr
+        ))),
     }
 }
 
@@ -164,20 +206,56 @@ async fn prepare_when_reachable(
     }
 }
 
-/// Accepted connections with Nagle's algorithm off (responses are written in whole
-/// messages, and waiting for ACKs would add tens of milliseconds to small results),
-/// each tracked by `connections`.
+/// Accepted gRPC connections (TLS when configured), each tracked by `connections`.
 fn accepted(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     connections: Connections,
+    shutdown: CancellationToken,
 ) -> impl futures::Stream<Item = std::io::Result<TrackedStream>> {
-    use futures::TryStreamExt;
-    TcpListenerStream::new(listener).map_ok(move |stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+    use futures::StreamExt;
+    ReceiverStream::new(listen::accept(listener, tls, shutdown))
+        .map(move |(io, peer)| Ok(connections.track(io, peer)))
+}
+
+/// Reloads the auth file and the TLS certificate on SIGHUP, until `shutdown`.
+async fn reload_on_hangup(auth: Arc<Auth>, tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup.recv() => {}
+            }
+            match auth.reload() {
+                Ok(()) => tracing::info!("SIGHUP: auth file reloaded"),
+                Err(err) => {
+                    tracing::error!(error = %err, "SIGHUP: the auth file does not load; keeping the previous one")
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(err) => {
+                        tracing::error!(error = %err, "SIGHUP: the TLS certificate does not load; keeping the previous one")
+                    }
+                }
+            }
         }
-        connections.track(stream)
-    })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (auth, tls);
+        shutdown.cancelled().await;
+    }
 }
 
 /// The codes clients are promised for requests the gRPC and Flight SQL layers refuse
@@ -223,6 +301,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let flight = QuiverFlightSqlService::new(
         Arc::clone(&server.writer),
         Arc::clone(&hub),
+        Arc::clone(&server.auth),
         config.max_flight_data_size,
         config.max_query_parameter_rows,
     );
@@ -265,7 +344,25 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
 
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
-    tracing::info!(%grpc_addr, %http_addr, "serving");
+    let gate = Gate {
+        auth: Arc::clone(&server.auth),
+        limits: Arc::new(ClientLimits::new(config.security.client_limits.clone())),
+    };
+    tokio::spawn(reload_on_hangup(
+        Arc::clone(&server.auth),
+        server.tls.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(tls) = &server.tls {
+        tokio::spawn(Arc::clone(tls).watch(shutdown.clone()));
+    }
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        tls = server.tls.is_some(),
+        auth = server.auth.enabled(),
+        "serving"
+    );
 
     // A closed connection's Flight SQL transactions are rolled back.
     let (connections, mut closed) = Connections::new();
@@ -279,26 +376,41 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(client_codes))
+        .layer(GateLayer::new(gate.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(flight)
         .add_service(mutations)
         .add_service(subscriptions)
-        .serve_with_incoming_shutdown(accepted(listeners.grpc, connections), async move {
-            grpc_shutdown.cancelled().await;
-        });
+        .serve_with_incoming_shutdown(
+            accepted(
+                listeners.grpc,
+                server.tls.clone(),
+                connections,
+                shutdown.clone(),
+            ),
+            async move {
+                grpc_shutdown.cancelled().await;
+            },
+        );
     let http_shutdown = shutdown.clone();
-    let router = http::router(http::HttpState {
-        engine: Arc::clone(&server.engine),
-        subscriptions: Arc::clone(&hub),
-        tasks: Arc::clone(&tasks),
-    });
-    let http_listener = listeners.http.tap_io(|stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let http = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+    let router = http::router(
+        http::HttpState {
+            engine: Arc::clone(&server.engine),
+            subscriptions: Arc::clone(&hub),
+            tasks: Arc::clone(&tasks),
+        },
+        gate,
+    );
+    let http_listener = listen::HttpListener::new(
+        listen::accept(listeners.http, server.tls.clone(), shutdown.clone()),
+        http_addr,
+    );
+    let http = axum::serve(
+        http_listener,
+        router.into_make_service_with_connect_info::<listen::Peer>(),
+    )
+    .with_graceful_shutdown(async move {
         http_shutdown.cancelled().await;
     });
     let (grpc, http) = tokio::join!(grpc, http);

@@ -29,6 +29,7 @@ use quiver_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use self::plan::Planner;
+use crate::auth::{self, Principal, Role};
 use crate::writes::Writer;
 
 /// The Mutations service.
@@ -43,9 +44,10 @@ impl MutationService {
         Self { writer }
     }
 
-    /// Validates, plans and runs one request.
+    /// Validates, plans and runs one request of `principal`.
     async fn handle(
         &self,
+        principal: &Principal,
         operations: Vec<operation::Op>,
         idempotency_key: &str,
         encoded: Vec<u8>,
@@ -55,7 +57,8 @@ impl MutationService {
             engine: self.writer.engine(),
             limits: self.writer.config(),
         };
-        let plan = planner.plan(operations, idempotency_key, &encoded)?;
+        let idempotency_key = scoped_key(principal, idempotency_key);
+        let plan = planner.plan(operations, &idempotency_key, &encoded)?;
         let response = execute::run(&self.writer, plan, trace_context).await?;
         tracing::Span::current().record("commit_version", response.commit_version);
         Ok(Response::new(response))
@@ -69,11 +72,30 @@ impl MutationService {
         op: impl FnOnce(R) -> operation::Op,
     ) -> Result<Response<MutateResponse>, Status> {
         let trace = trace_context(&request);
+        let principal = writer_of(&request)?;
         let request = request.into_inner();
         let encoded = request.encode_to_vec();
         let key = key(&request).clone();
-        self.handle(vec![op(request)], &key, encoded, trace).await
+        self.handle(&principal, vec![op(request)], &key, encoded, trace)
+            .await
     }
+}
+
+/// The principal of a request, which must have the `write` role.
+fn writer_of<T>(request: &Request<T>) -> Result<Principal, Status> {
+    let principal = auth::principal_of(request)?;
+    principal.require(Role::Write, "write rows")?;
+    Ok(principal.clone())
+}
+
+/// An idempotency key as stored: scoped to the principal that sent it, so two
+/// principals' keys never meet (the key as sent when authentication is off).
+fn scoped_key(principal: &Principal, key: &str) -> String {
+    if key.is_empty() || principal.is_anonymous() {
+        return key.to_owned();
+    }
+    let scope = principal.scope();
+    format!("{}:{scope}/{key}", scope.len())
 }
 
 fn trace_context<T>(request: &Request<T>) -> Option<String> {
@@ -128,6 +150,7 @@ impl Mutations for MutationService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
         let trace = trace_context(&request);
+        let principal = writer_of(&request)?;
         let request = request.into_inner();
         let encoded = request.encode_to_vec();
         let operations = request
@@ -143,7 +166,13 @@ impl Mutations for MutationService {
         if operations.is_empty() {
             return Err(Status::invalid_argument("apply has no operations"));
         }
-        self.handle(operations, &request.idempotency_key, encoded, trace)
-            .await
+        self.handle(
+            &principal,
+            operations,
+            &request.idempotency_key,
+            encoded,
+            trace,
+        )
+        .await
     }
 }

@@ -53,6 +53,7 @@ pub use commit::{Capture, CommitOptions, CommitOutcome, IdempotencyRecord, Store
 pub use dialect::Dialect;
 pub use error::{Error, Result};
 pub use pool::{PoolOptions, PoolStatus, WaitHistogram};
+pub use postgres::tls::provider as tls_provider;
 pub use store::{Store, StoreLocation, StoreOptions};
 pub use stream::BatchStream;
 pub use transaction::Transaction;

@@ -9,6 +9,7 @@
 
 mod introspect;
 pub(crate) mod read;
+pub mod tls;
 pub(crate) mod transaction;
 pub mod types;
 
@@ -17,10 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use self::tls::Connector;
 use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use futures::{SinkExt, StreamExt};
-use tokio_postgres::{Client, NoTls, RowStream, Statement};
+use tokio_postgres::{Client, RowStream, Statement};
 use tracing::Instrument;
 
 use self::read::{Decoder, Raw};
@@ -44,6 +46,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled PostgreSQL connection and its prepared statements.
 pub(crate) struct PgConnection {
     client: Client,
+    /// For cancel requests, which open a connection of their own.
+    pub(crate) tls: Connector,
     /// Set when the connection must not be reused (a read abandoned mid-stream, a
     /// transaction abandoned open).
     pub(crate) retire: bool,
@@ -92,24 +96,36 @@ impl PgConnection {
     }
 }
 
+/// The stream of a connection: TLS or not, as negotiated.
+type TlsStream =
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream;
+
 /// Opens one connection to `target` (described by `config`), outside any pool.
 async fn open(
     config: &tokio_postgres::Config,
+    tls: &Connector,
     target: &str,
 ) -> Result<(
     Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>,
 )> {
-    config.connect(NoTls).await.map_err(|err| Error::Connect {
-        target: target.to_owned(),
-        message: with_causes(&err),
-    })
+    config
+        .connect(tls.0.clone())
+        .await
+        .map_err(|err| Error::Connect {
+            target: target.to_owned(),
+            message: with_causes(&err),
+        })
 }
 
 /// Opens connections for the pool.
 #[derive(Debug, Clone)]
 pub(crate) struct PgManager {
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` asks.
+    tls: Connector,
     target: String,
     /// The schema generation shared with every connection.
     schema: Arc<AtomicU64>,
@@ -120,7 +136,7 @@ impl bb8::ManageConnection for PgManager {
     type Error = Error;
 
     async fn connect(&self) -> Result<PgConnection> {
-        let (client, connection) = open(&self.config, &self.target).await?;
+        let (client, connection) = open(&self.config, &self.tls, &self.target).await?;
         tokio::spawn(
             async move {
                 if let Err(err) = connection.await {
@@ -131,6 +147,7 @@ impl bb8::ManageConnection for PgManager {
         );
         Ok(PgConnection {
             client,
+            tls: self.tls.clone(),
             retire: false,
             statements: HashMap::new(),
             generation: self.schema.load(Ordering::Acquire),
@@ -192,6 +209,7 @@ pub(crate) struct PostgresStore {
     target: String,
     /// For the commit listener's own connection.
     config: Box<tokio_postgres::Config>,
+    tls: Connector,
     pool: Pool<PgManager>,
     /// Moved on when the schema may have changed: pooled connections then prepare
     /// their statements afresh.
@@ -202,7 +220,9 @@ impl PostgresStore {
     /// Parses `url` and starts the pool; does not wait for the database, which may be
     /// down at start.
     pub(crate) fn open(url: &str, pool_options: &PoolOptions) -> Result<Self> {
-        let mut config: tokio_postgres::Config = url
+        let tls_url = tls::split_url(url)?;
+        let mut config: tokio_postgres::Config = tls_url
+            .url
             .parse()
             .map_err(|err| Error::Config(format!("invalid PostgreSQL URL: {err}")))?;
         if config.get_application_name().is_none() {
@@ -212,10 +232,12 @@ impl PostgresStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives(true);
+        let tls = tls::connector(&tls_url, &mut config)?;
         let target = describe(&config);
         let schema = Arc::new(AtomicU64::new(0));
         let manager = PgManager {
             config: config.clone(),
+            tls: tls.clone(),
             target: target.clone(),
             schema: Arc::clone(&schema),
         };
@@ -223,6 +245,7 @@ impl PostgresStore {
             pool: Pool::new(manager, pool_options),
             schema,
             config: Box::new(config),
+            tls,
             target,
         })
     }
@@ -249,7 +272,7 @@ impl PostgresStore {
     /// One listening connection: `Err` when it cannot be set up, `Ok` when it was
     /// listening and closed.
     async fn listen(&self, commits: &tokio::sync::watch::Sender<u64>) -> Result<()> {
-        let (client, mut connection) = open(&self.config, &self.target).await?;
+        let (client, mut connection) = open(&self.config, &self.tls, &self.target).await?;
         let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(
             async move {
@@ -597,8 +620,9 @@ impl Drop for ReadState {
         if let (Some(token), Ok(runtime)) =
             (self.cancel.take(), tokio::runtime::Handle::try_current())
         {
+            let tls = self.conn.tls.clone();
             runtime.spawn(async move {
-                if let Err(err) = token.cancel_query(NoTls).await {
+                if let Err(err) = token.cancel_query(tls.0).await {
                     tracing::debug!(error = %err, "cannot cancel an abandoned read");
                 }
             });

@@ -145,7 +145,7 @@ impl Writer {
             let mut transactions = self.transactions.lock().expect("never poisoned");
             let ids: Vec<Bytes> = transactions
                 .iter()
-                .filter(|(_, slot)| slot.owner == Some(owner))
+                .filter(|(_, slot)| slot.owner.is_some_and(|o| owner.covers(&o)))
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.iter()

@@ -34,6 +34,7 @@ pub(crate) struct PostgresTransaction {
 /// statement on the server and marks the transaction aborted.
 struct StatementWatch {
     cancel: Option<tokio_postgres::CancelToken>,
+    tls: super::tls::Connector,
     aborted: Arc<AtomicBool>,
 }
 
@@ -50,8 +51,9 @@ impl Drop for StatementWatch {
         };
         self.aborted.store(true, Ordering::Release);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tls = self.tls.clone();
             runtime.spawn(async move {
-                if let Err(err) = token.cancel_query(tokio_postgres::NoTls).await {
+                if let Err(err) = token.cancel_query(tls.0).await {
                     tracing::debug!(error = %err, "cannot cancel an abandoned statement");
                 }
             });
@@ -87,6 +89,7 @@ impl PostgresTransaction {
         }
         Ok(StatementWatch {
             cancel: Some(self.lease.client().cancel_token()),
+            tls: self.lease.tls.clone(),
             aborted: Arc::clone(&self.aborted),
         })
     }
