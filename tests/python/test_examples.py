@@ -9,10 +9,14 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import adbc_driver_flightsql.dbapi as flight_sql
 import pytest
 
+from auth_setup import PASSWORDS, capture, make_credentials
+from conftest import Store, running_server
 from quiver_clients import change_log, clock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +25,10 @@ TIMEOUT_S = 90
 DEMO_TABLES = {"epics", "features", "tasks", "task_history"}
 
 
-def run_example(server, name: str) -> str:
-    """Runs examples/python/`name` against `server`; its stdout (exit status 0 asserted)."""
-    env = {**os.environ, "QUIVER_GRPC": server.grpc_addr, "QUIVER_HTTP": server.http_addr}
+def run_example(server, name: str, env: dict | None = None) -> str:
+    """Runs examples/python/`name` against `server`, with `env` added to the
+    environment; its stdout (exit status 0 asserted)."""
+    env = {**os.environ, "QUIVER_GRPC": server.grpc_addr, "QUIVER_HTTP": server.http_addr, **(env or {})}
     env.pop("QUIVER_PROTO_DIR", None)
     try:
         result = subprocess.run(
@@ -219,6 +224,73 @@ def test_flight_live_aggregate(writable_server, store):
         "todo": before["todo"] - 1,
     }
     assert out.rstrip().endswith("matches SELECT status, count(*): True")
+
+
+# --- with authentication and TLS ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    """A SQLite server with auth on (its auth file configures credentials: auth_setup's
+    users alice/bob/carol and a static `write` token) and TLS on both ports (auth_setup's
+    test PKI); with its credentials and its truth (`store`)."""
+    creds = make_credentials(tmp_path_factory.mktemp("auth"))
+    args = [
+        "--auth-file", str(creds.main_auth_file),
+        "--tls-cert", str(creds.pki.server.cert), "--tls-key", str(creds.pki.server.key),
+    ]
+    with running_server("sqlite", tmp_path_factory, sqlite_truth=False, extra_args=args) as running:
+        store = Store(running)
+        try:
+            yield types.SimpleNamespace(server=running, creds=creds, store=store)
+        finally:
+            store.close()
+
+
+def test_secure_clients(secure):
+    server, creds, store = secure.server, secure.creds, secure.store
+    addr = f"grpc+tls://{server.grpc_addr}"
+
+    def query_without_credentials():
+        tls = {"adbc.flight.sql.client_option.tls_root_certs": creds.pki.ca.cert_pem}
+        with flight_sql.connect(addr, db_kwargs=tls, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+    # The server does want credentials: TLS alone is refused.
+    refused = capture(query_without_credentials)
+    assert refused.code == "UNAUTHENTICATED", str(refused)
+
+    epics_before, start = store.count("epics"), clock(store)
+    out = run_example(
+        server,
+        "secure_clients.py",
+        env={
+            "QUIVER_ADDR": addr,
+            "QUIVER_TLS_CA": str(creds.pki.ca.cert),
+            "QUIVER_USER": "alice",  # role read
+            "QUIVER_PASSWORD": PASSWORDS["alice"],
+            "QUIVER_TOKEN": creds.token,  # role write
+        },
+    )
+    assert one(r"^server: (\S+)$", out).group(1) == addr
+    by_status = one(r"^adbc, user alice: tasks per status (\{.*\})$", out).group(1)
+    assert ast.literal_eval(by_status) == dict(store.rows("SELECT status, count(*) FROM tasks GROUP BY status"))
+    assert int(one(r"^adbc, token: (\d+) epics$", out).group(1)) == epics_before > 0
+    assert int(one(r"^pyarrow\.flight, user alice: (\d+) features$", out).group(1)) == store.count("features") > 0
+    by_priority = one(r"^polars, user alice: tasks per priority (\{.*\})$", out).group(1)
+    assert ast.literal_eval(by_priority) == dict(store.rows("SELECT priority, count(*) FROM tasks GROUP BY priority"))
+
+    insert = one(r"^grpcio mutations, token: inserted epic (\S+) id=(\d+) commit_version=(\d+)$", out)
+    key, epic_id, version = insert.group(1), int(insert.group(2)), int(insert.group(3))
+    assert store.rows(f"SELECT id, key, title, status, priority FROM epics WHERE key = '{key}'") == [
+        (epic_id, key, "Written over TLS", "planned", 3)
+    ]
+    assert store.count("epics") == epics_before + 1
+    # The insert is the one commit the example made.
+    assert version == start + 1 == clock(store)
+    changes = [(v, table, op, row_key["id"]) for v, _, table, op, row_key, _, _ in change_log(store, start, ("epics",))]
+    assert changes == [(version, "epics", "insert", epic_id)]
+    assert one(r"^read back by alice: (.+)$", out).group(1) == f"[({epic_id},)]"
 
 
 # --- Rust examples ----------------------------------------------------------------------

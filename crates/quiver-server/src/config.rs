@@ -569,6 +569,16 @@ mod tests {
     }
 
     #[test]
+    fn the_production_file_is_valid() {
+        let file: ServeArgs =
+            toml::from_str(include_str!("../../../deploy/quiver-production.toml")).unwrap();
+        let config = file.resolve().unwrap();
+        assert_eq!(config.security.auth, Some(AuthMode::On));
+        assert!(config.security.tls.is_some());
+        assert_eq!(config.security.client_limits.max_queries, 8);
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quiver.toml");

@@ -60,6 +60,9 @@ use crate::error::{Error, Result};
 use crate::subscriptions::{self, Hub};
 use crate::writes::{StatementKind, Writer, statement_kind};
 
+/// Longest the handshake waits for the client's first message.
+const HANDSHAKE_READ: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The stream type of DoGet responses.
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
@@ -197,9 +200,6 @@ impl FlightSqlService for QuiverFlightSqlService {
             })]);
             Response::new(Box::pin(output) as Pin<Box<dyn Stream<Item = _> + Send>>)
         };
-        if !self.auth.enabled() {
-            return Ok(answer(Bytes::new()));
-        }
         let authorization = request
             .metadata()
             .get("authorization")
@@ -210,6 +210,22 @@ impl FlightSqlService for QuiverFlightSqlService {
                 .get::<crate::connection::ConnectInfo>()
                 .and_then(|i| i.remote)
         });
+        // Clients send their credentials in the headers and close their side, or send
+        // one message first; what they send must at least decode. One that sends
+        // nothing and keeps its side open is answered after a while all the same.
+        let mut messages = request.into_inner();
+        if let Ok(Err(status)) = tokio::time::timeout(HANDSHAKE_READ, messages.message()).await {
+            return Err(crate::error::status(
+                tonic::Code::InvalidArgument,
+                format!(
+                    "the handshake message does not decode: {}",
+                    status.message()
+                ),
+            ));
+        }
+        if !self.auth.enabled() {
+            return Ok(answer(Bytes::new()));
+        }
         let (principal, token) = match self.auth.handshake(authorization.as_deref()).await {
             Ok(done) => done,
             Err(err) => {

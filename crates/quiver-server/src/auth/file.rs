@@ -357,6 +357,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_has_the_documented_shape() {
+        let file: AuthFile = toml::from_str(include_str!("../../../../deploy/auth.example.toml"))
+            .expect("deploy/auth.example.toml parses");
+        assert_eq!(file.users.len(), 2);
+        assert_eq!(file.tokens[0].role, Role::Write);
+        assert!(file.jwt.is_some() && !file.certificates.is_empty());
+    }
+
+    #[test]
     fn a_file_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.toml");
