@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import statistics
+import struct
 import subprocess
 import tempfile
 import threading
@@ -36,6 +37,8 @@ from auth_setup import (
     PASSWORDS,
     Launched,
     Outcome,
+    any_pack,
+    any_unpack,
     basic,
     begin_transaction,
     call_options,
@@ -50,9 +53,11 @@ from auth_setup import (
     jwt_hs256,
     jwt_unsigned,
     make_credentials,
+    pb_bytes,
+    pb_parse,
     run_quiver,
 )
-from conftest import Server, Store, fresh_database, running_server, rows_of_table
+from conftest import Server, Store, fresh_database, quiver_binary, running_server, rows_of_table
 from quiver_clients import Mutations, Subscriptions, clock
 
 TRUTH_SQL = "SELECT id, key, status, priority FROM tasks WHERE status = 'blocked' AND priority <= 2 ORDER BY id"
@@ -1334,3 +1339,280 @@ def test_sighup_reloads_the_auth_file_and_keeps_the_old_one_when_invalid(creds, 
             assert login("alice", PASSWORDS["alice"]).code == "OK", log_tail(server)
         finally:
             client.close()
+
+
+# --- 10. regressions from the security review ------------------------------------------
+
+
+def own_table(ctx, prefix: str) -> str:
+    """A table of the test's own with one row, made by carol (admin) through the server."""
+    name = f"{prefix}_{next(IDS)}"
+    carol = {AUTHORIZATION_HEADER: ctx.bearer("carol")}
+    adbc_execute(ctx.server.grpc_uri, f"CREATE TABLE {name} (id BIGINT PRIMARY KEY)", carol)
+    assert adbc_execute(ctx.server.grpc_uri, f"INSERT INTO {name} (id) VALUES (1)", carol) == 1
+    assert table_state(ctx, name) == (["id"], [(1,)])
+    return name
+
+
+def table_state(ctx, name: str) -> tuple:
+    """The table's columns and rows ([] and None when it does not exist)."""
+    columns = ctx.store.columns(name)
+    return columns, (ctx.store.rows(f"SELECT id FROM {name} ORDER BY id") if columns else None)
+
+
+def test_a_hidden_first_keyword_does_not_pass_ddl_for_dml(ctx):
+    """The statement's kind is read with the store's comment rules: MySQL's `/*! */`
+    is a comment to both stores, SQLite ends a comment at the first `*/`, PostgreSQL
+    nests them."""
+    table = own_table(ctx, "auth_hidden")
+    bob = {AUTHORIZATION_HEADER: ctx.bearer("bob")}
+    refused = [f"/*!INSERT*/ DROP TABLE {table}"]
+    if ctx.store.kind == "sqlite":
+        refused.append(f"/* /* */ DROP TABLE {table} -- */ INSERT INTO {table} VALUES (1)")
+    for sql in refused:
+        before, state = ctx.fingerprint(), table_state(ctx, table)
+        outcome = capture(lambda: adbc_execute(ctx.server.grpc_uri, sql, bob))
+        assert outcome.code == "PERMISSION_DENIED", f"{sql!r} as bob (write): {outcome}\n{ctx.log_tail()}"
+        assert "admin" in outcome.message.lower(), f"the refusal names the role needed (admin): {outcome}"
+        assert table_state(ctx, table) == state, f"{sql!r}: the table is still there, unchanged"
+        assert ctx.fingerprint() == before, f"{sql!r} changed the store"
+    if ctx.store.kind == "postgres":
+        # PostgreSQL nests comments: this is a plain INSERT, which bob may run.
+        n = next(IDS)
+        sql = f"/* /* */ DROP TABLE {table} */ INSERT INTO {table} (id) VALUES ({n})"
+        outcome = capture(lambda: adbc_execute(ctx.server.grpc_uri, sql, bob))
+        assert outcome.code == "OK" and outcome.value == 1, f"{sql!r} as bob: {outcome}\n{ctx.log_tail()}"
+        assert table_state(ctx, table) == (["id"], [(1,), (n,)])
+
+
+def fnv1a32(data: bytes) -> int:
+    value = 0x811C9DC5
+    for byte in data:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def statement_handle(sql: str) -> bytes:
+    """A statement handle as crates/quiver-server/src/flight/handle.rs encodes it: "QVH3",
+    the SQL, no parameters, no transaction, no query id, then the FNV-1a checksum (all
+    lengths u32 little endian)."""
+    text = sql.encode()
+    body = b"QVH3" + struct.pack("<I", len(text)) + text + struct.pack("<III", 0, 0, 0)
+    return body + struct.pack("<I", fnv1a32(body))
+
+
+def test_a_forged_prepared_update_handle_is_checked_for_its_own_role(ctx):
+    """Handles come back from clients: a DDL statement in a handle bob made himself is
+    refused when it runs (DoPut CommandPreparedStatementUpdate)."""
+    table = own_table(ctx, "auth_forged")
+    client = flight.FlightClient(ctx.server.grpc_uri)
+    bob = call_options(ctx.bearer("bob"))
+    try:
+        # The encoding is the server's: a handle it made for bob (an INSERT, which bob
+        # may prepare) is byte for byte the one made here.
+        insert = f"INSERT INTO {table} (id) VALUES (2)"
+        action = flight.Action(
+            "CreatePreparedStatement", any_pack("ActionCreatePreparedStatementRequest", pb_bytes(1, insert))
+        )
+        [result] = list(client.do_action(action, bob))
+        name, payload = any_unpack(result.body.to_pybytes())
+        assert name == "ActionCreatePreparedStatementResult", name
+        assert pb_parse(payload)[1][0] == statement_handle(insert), "the handle encoding matches the server's"
+        assert table_state(ctx, table) == (["id"], [(1,)]), "preparing runs nothing"
+
+        def put_forged():
+            command = any_pack("CommandPreparedStatementUpdate", pb_bytes(1, statement_handle(f"DROP TABLE {table}")))
+            writer, reader = client.do_put(flight.FlightDescriptor.for_command(command), pa.schema([]), bob)
+            try:
+                writer.done_writing()
+                metadata = reader.read()
+            finally:
+                writer.close()
+            return None if metadata is None else pb_parse(metadata.to_pybytes()).get(1, [0])[0]
+
+        before, state = ctx.fingerprint(), table_state(ctx, table)
+        outcome = capture(put_forged)
+        assert outcome.code == "PERMISSION_DENIED", f"a forged DROP TABLE handle as bob: {outcome}\n{ctx.log_tail()}"
+        assert "admin" in outcome.message.lower(), str(outcome)
+        assert table_state(ctx, table) == state, "the table is still there, unchanged"
+        assert ctx.fingerprint() == before
+    finally:
+        client.close()
+
+
+def test_a_connection_holds_at_most_64_open_transactions(ctx):
+    client = flight.FlightClient(ctx.server.grpc_uri)
+    alice = call_options(ctx.bearer("alice"))  # read: transactions are open to her
+    before = ctx.fingerprint()
+    opened = []
+    try:
+        for _ in range(64):
+            opened.append(begin_transaction(client, alice))
+        assert len(set(opened)) == 64
+        outcome = capture(lambda: begin_transaction(client, alice))
+        if outcome.code == "OK":
+            opened.append(outcome.value)
+        assert outcome.code == "RESOURCE_EXHAUSTED", f"the 65th open transaction: {outcome}\n{ctx.log_tail()}"
+        end_transaction(client, opened.pop(0), False, alice)
+        again = capture(lambda: begin_transaction(client, alice))
+        if again.code == "OK":
+            opened.append(again.value)
+        assert again.code == "OK", f"once one ended, a transaction begins again: {again}"
+    finally:
+        for transaction_id in opened:
+            with contextlib.suppress(Exception):
+                end_transaction(client, transaction_id, False, alice)
+        client.close()
+    assert ctx.fingerprint() == before
+
+
+def test_failed_logins_from_one_address_are_limited(creds, tmp_path_factory):
+    """20 wrong passwords from 127.0.0.1 in the window, then even the right one is
+    RESOURCE_EXHAUSTED, over gRPC and HTTP Basic alike (a server of its own: its
+    127.0.0.1 stays locked out of password logins for a minute)."""
+    args = ["--auth-file", str(creds.main_auth_file)]
+    with running_server("sqlite", tmp_path_factory, sqlite_truth=False, extra_args=args) as server:
+        store = Store(server)
+        channel = grpc.insecure_channel(server.grpc_addr)
+        try:
+            before = (store.count("tasks"), clock(store))
+            header = grpc_handshake(channel, basic("alice", PASSWORDS["alice"]))
+            assert header and header.startswith("Bearer "), "the right password logs in at first"
+            for attempt in range(1, 21):
+                outcome = capture(lambda: grpc_handshake(channel, basic("alice", WRONG_PASSWORD)))
+                assert outcome.code == "UNAUTHENTICATED", f"wrong password #{attempt}: {outcome}\n{log_tail(server)}"
+            outcome = capture(lambda: grpc_handshake(channel, basic("alice", PASSWORDS["alice"])))
+            assert outcome.code == "RESOURCE_EXHAUSTED", f"the right password after 20 failures: {outcome}\n{log_tail(server)}"
+            assert "retry after" in outcome.message.lower(), str(outcome)
+            response = requests.post(
+                f"{server.http_url}/v1/query", json={"sql": "SELECT 1"}, auth=("alice", PASSWORDS["alice"]), timeout=30
+            )
+            assert response.status_code == 429, f"HTTP Basic from the same address: {response.status_code} {response.text}"
+            assert (store.count("tasks"), clock(store)) == before
+        finally:
+            channel.close()
+            store.close()
+
+
+def open_flight_subscription(client, options, body: dict):
+    """The `subscribe` action's ticket, then DoGet on it: the open reader (its schema
+    read, so the server has admitted the stream)."""
+    results = list(client.do_action(flight.Action("subscribe", json.dumps(body).encode()), options))
+    assert len(results) == 1, "one result: the ticket"
+    reader = client.do_get(flight.Ticket(results[0].body.to_pybytes()), options)
+    assert "_version" in reader.schema.names, reader.schema
+    return reader
+
+
+SUBSCRIPTION = {"tables": ["tasks"], "latest": True}
+
+
+def test_flight_subscriptions_take_no_query_slot(creds, tmp_path_factory):
+    args = [
+        "--auth-file", str(creds.main_auth_file),
+        "--client-max-concurrent-queries", "1",
+        "--query-queue-timeout-ms", "30000",
+    ]
+    with running_server("sqlite", tmp_path_factory, sqlite_truth=False, extra_args=args) as server:
+        follower = "Bearer " + creds.hs256("flight-follower", "read")
+        streams = flight.FlightClient(server.grpc_uri)
+        client = flight.FlightClient(server.grpc_uri)
+        readers = []
+        try:
+            for _ in range(2):
+                outcome = capture(lambda: open_flight_subscription(streams, call_options(follower, timeout=20), SUBSCRIPTION))
+                assert outcome.code == "OK", f"Flight subscription #{len(readers) + 1}: {outcome}\n{log_tail(server)}"
+                readers.append(outcome.value)
+            started = time.monotonic()
+            outcome = capture(lambda: rows_of_table(flight_query(client, FAIR_SQL, call_options(follower, timeout=15))))
+            elapsed = time.monotonic() - started
+            assert outcome.code == "OK", f"a query beside two subscriptions: {outcome}\n{log_tail(server)}"
+            assert outcome.value == truth_of(server, FAIR_SQL)
+            assert elapsed < 5, f"the query waited {elapsed:.1f}s"
+        finally:
+            for reader in readers:
+                with contextlib.suppress(Exception):
+                    reader.cancel()
+            streams.close()
+            client.close()
+
+
+def test_flight_subscriptions_take_subscription_slots(creds, tmp_path_factory):
+    args = [
+        "--auth-file", str(creds.main_auth_file),
+        "--client-max-subscriptions", "1",
+        "--client-max-concurrent-queries", "4",
+    ]
+    with running_server("sqlite", tmp_path_factory, sqlite_truth=False, extra_args=args) as server:
+        store = Store(server)
+        follower = call_options("Bearer " + creds.hs256("flight-follower", "read"), timeout=30)
+        other = call_options("Bearer " + creds.hs256("another-follower", "read"), timeout=30)
+        client = flight.FlightClient(server.grpc_uri)
+        readers = []
+        try:
+            before = (store.count("tasks"), clock(store))
+            readers.append(open_flight_subscription(client, follower, SUBSCRIPTION))
+            outcome = capture(lambda: open_flight_subscription(client, follower, SUBSCRIPTION))
+            if outcome.code == "OK":
+                readers.append(outcome.value)
+            assert outcome.code == "RESOURCE_EXHAUSTED", f"a second Flight subscription: {outcome}\n{log_tail(server)}"
+            assert "subscription" in outcome.message.lower(), str(outcome)
+            # The limit is the principal's, and is not the query limit.
+            readers.append(open_flight_subscription(client, other, SUBSCRIPTION))
+            assert rows_of_table(flight_query(client, FAIR_SQL, follower)) == truth_of(server, FAIR_SQL)
+            assert (store.count("tasks"), clock(store)) == before
+            # The slot is given back when the stream ends.
+            readers.pop(0).cancel()
+            deadline = time.monotonic() + 10
+            while True:
+                outcome = capture(lambda: open_flight_subscription(client, follower, SUBSCRIPTION))
+                if outcome.code == "OK":
+                    readers.append(outcome.value)
+                    break
+                assert outcome.code == "RESOURCE_EXHAUSTED", str(outcome)
+                assert time.monotonic() < deadline, "a cancelled Flight subscription frees its slot within 10 s"
+                time.sleep(0.3)
+        finally:
+            for reader in readers:
+                with contextlib.suppress(Exception):
+                    reader.cancel()
+            client.close()
+            store.close()
+
+
+def test_postgres_verify_ca_without_sslrootcert_refuses_to_start(tls_postgres):
+    """verify-ca with no CA to verify against would take any public certificate for
+    any name: refused at startup, before connecting."""
+    import psycopg
+
+    truth_url = tls_postgres.url + "?sslmode=require"
+
+    def tables():
+        with psycopg.connect(truth_url) as conn:
+            return conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+            ).fetchall()
+
+    before = tables()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_AUTH")}
+    process = subprocess.Popen(
+        [
+            quiver_binary(), "serve", "--db", tls_postgres.url + "?sslmode=verify-ca",
+            "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"still running 30 s after start with sslmode=verify-ca and no sslrootcert:\n{stderr[-3000:]}")
+    assert process.returncode != 0, f"exit code {process.returncode}:\n{stderr[-3000:]}"
+    assert "sslrootcert" in stderr, stderr[-3000:]
+    assert "serving grpc_addr=" not in stderr, stderr[-3000:]
+    assert tables() == before

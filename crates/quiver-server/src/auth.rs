@@ -14,7 +14,7 @@
 //! With `--auth none` every request is the anonymous principal, with every role.
 //!
 //! # Layout
-//! - [`file`]: the auth file.
+//! - [`file`](mod@file): the auth file.
 //! - `tokens`: issued tokens, static tokens, JWTs.
 //! - `password`: argon2 hashing and verification, bounded.
 //! - [`layer`]: the gRPC layer and the HTTP middleware that authenticate, and the
@@ -31,7 +31,7 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 
 use self::file::Credentials;
-pub use self::password::{hash_password, new_token};
+pub use self::password::{client_key, hash_password, new_token};
 use crate::error::{Error, Result};
 
 /// What a principal may do; each role can do everything the one before can.
@@ -260,6 +260,7 @@ impl Auth {
         &self,
         authorization: Option<&[u8]>,
         certificate: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Principal> {
         if !self.enabled {
             return Ok(Principal::anonymous());
@@ -269,7 +270,9 @@ impl Auth {
             Some(header) => match parse_authorization(header)? {
                 Authorization::Bearer(token) => self.bearer(&credentials, token),
                 Authorization::Basic(user, password) => {
-                    self.passwords.verify(&credentials, user, password).await
+                    self.passwords
+                        .verify(&credentials, user, password, client)
+                        .await
                 }
             },
             None => match certificate
@@ -291,7 +294,11 @@ impl Auth {
 
     /// The Flight SQL handshake: Basic credentials get a new token; a bearer token is
     /// checked and handed back.
-    pub async fn handshake(&self, authorization: Option<&[u8]>) -> Result<(Principal, String)> {
+    pub async fn handshake(
+        &self,
+        authorization: Option<&[u8]>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(Principal, String)> {
         let credentials = self.credentials();
         let Some(header) = authorization else {
             return Err(Error::Unauthenticated(
@@ -306,7 +313,10 @@ impl Auth {
                 Ok((principal, token.to_owned()))
             }
             Authorization::Basic(user, password) => {
-                let principal = self.passwords.verify(&credentials, user, password).await?;
+                let principal = self
+                    .passwords
+                    .verify(&credentials, user, password, client)
+                    .await?;
                 let token = tokens::issue(&principal, &credentials, self.secret(&credentials))?;
                 Ok((principal, token))
             }

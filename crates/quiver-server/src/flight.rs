@@ -55,7 +55,7 @@ use self::cancel::Queries;
 use self::handle::StatementHandle;
 use self::metadata::{KeyFilter, SQL_INFO};
 use crate::auth::{self, Auth, Role};
-use crate::connection::{ConnectionId, connection_of};
+use crate::connection::connection_of;
 use crate::error::{Error, Result};
 use crate::subscriptions::{self, Hub};
 use crate::writes::{StatementKind, Writer, statement_kind};
@@ -114,6 +114,12 @@ impl QuiverFlightSqlService {
         Ok(Response::new(info))
     }
 
+    /// Fails unless the request's principal may run `sql` here.
+    fn require_statement<T>(&self, request: &Request<T>, sql: &str) -> Result<(), Status> {
+        let principal = auth::principal_of(request)?;
+        Ok(require_for(principal, sql, self.engine.store().dialect())?)
+    }
+
     /// Describes a statement's result: planned for a query, run for an update.
     async fn statement(
         &self,
@@ -125,26 +131,31 @@ impl QuiverFlightSqlService {
             .limits()
             .check("statement", &handle.sql)
             .map_err(Error::from)?;
-        require_for(&request, &handle.sql)?;
+        self.require_statement(&request, &handle.sql)?;
         let owner = connection_of(&request);
         self.writer
             .check_transaction(handle.transaction_id.as_ref(), owner)?;
         crate::writes::guard::check_query(&handle.sql)?;
-        let info = if statement_kind(&handle.sql) == StatementKind::Query {
-            self.statement_info(handle, request.into_inner()).await?
-        } else {
-            self.update_info(&handle, request.into_inner(), owner)
-                .await?
-        };
+        let info =
+            if statement_kind(&handle.sql, self.engine.store().dialect()) == StatementKind::Query {
+                self.statement_info(handle, request.into_inner()).await?
+            } else {
+                let principal = auth::principal_of(&request)?.clone();
+                self.update_info(&handle, request.into_inner(), owner, &principal)
+                    .await?
+            };
         Ok(Response::new(info))
     }
 
     /// Runs a statement handle for the connection `owner` and streams its result.
-    async fn run(
+    async fn run<T>(
         &self,
         handle: StatementHandle,
-        owner: Option<ConnectionId>,
+        request: &Request<T>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let owner = connection_of(request);
+        // One of the principal's query slots, held until the stream ends.
+        crate::auth::layer::hold_query(request).await?;
         let batches = self.run_statement(handle, owner).await?;
         Ok(Response::new(self.stream(batches)))
     }
@@ -163,16 +174,20 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes> {
     Ok(bytes)
 }
 
-/// Fails unless the request's principal may run `sql`: queries need `read`, DML
-/// `write`, DDL `admin`. Checked where a statement runs, not only where a handle is
-/// made: handles come back from clients.
-fn require_for<T>(request: &Request<T>, sql: &str) -> Result<(), Status> {
-    let (role, what) = match statement_kind(sql) {
+/// Fails unless `principal` may run `sql` on a store of `dialect`: queries need
+/// `read`, DML `write`, DDL `admin`. Checked where a statement runs, not only where a
+/// handle is made: handles come back from clients.
+pub(crate) fn require_for(
+    principal: &auth::Principal,
+    sql: &str,
+    dialect: quiver_storage::Dialect,
+) -> Result<()> {
+    let (role, what) = match statement_kind(sql, dialect) {
         StatementKind::Query => (Role::Read, "run queries"),
         StatementKind::Update => (Role::Write, "change rows"),
         StatementKind::Ddl => (Role::Admin, "change the schema (DDL)"),
     };
-    Ok(auth::require(request, role, what)?)
+    principal.require(role, what)
 }
 
 fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
@@ -226,7 +241,11 @@ impl FlightSqlService for QuiverFlightSqlService {
         if !self.auth.enabled() {
             return Ok(answer(Bytes::new()));
         }
-        let (principal, token) = match self.auth.handshake(authorization.as_deref()).await {
+        let (principal, token) = match self
+            .auth
+            .handshake(authorization.as_deref(), remote.map(|a| a.ip()))
+            .await
+        {
             Ok(done) => done,
             Err(err) => {
                 tracing::info!(client = ?remote, error = %err, "login refused");
@@ -270,8 +289,8 @@ impl FlightSqlService for QuiverFlightSqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = decode_handle(&ticket.statement_handle)?;
         tracing::Span::current().record("db.query.text", crate::telemetry::shown_sql(&handle.sql));
-        require_for(&request, &handle.sql)?;
-        self.run(handle, connection_of(&request)).await
+        self.require_statement(&request, &handle.sql)?;
+        self.run(handle, &request).await
     }
 
     #[tracing::instrument(name = "flight.do_get.prepared_statement", skip_all)]
@@ -281,8 +300,8 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = decode_handle(&query.prepared_statement_handle)?;
-        require_for(&request, &handle.sql)?;
-        self.run(handle, connection_of(&request)).await
+        self.require_statement(&request, &handle.sql)?;
+        self.run(handle, &request).await
     }
 
     #[tracing::instrument(name = "flight.create_prepared_statement", skip_all, fields(db.query.text = %crate::telemetry::shown_sql(&query.query)))]
@@ -298,21 +317,22 @@ impl FlightSqlService for QuiverFlightSqlService {
             .limits()
             .check("statement", &handle.sql)
             .map_err(Error::from)?;
-        require_for(&request, &handle.sql)?;
+        self.require_statement(&request, &handle.sql)?;
         crate::writes::guard::check_query(&handle.sql)?;
-        let (dataset, parameters) = if statement_kind(&handle.sql) == StatementKind::Query {
-            let prepared = self
-                .engine
-                .prepare(&handle.sql)
-                .await
-                .map_err(Error::from)?;
-            (prepared.schema(), prepared.parameter_schema())
-        } else {
-            // Run on the store as written; nothing to plan. The parameters take their
-            // types from the bound values.
-            let empty = Arc::new(Schema::empty());
-            (Arc::clone(&empty), empty)
-        };
+        let (dataset, parameters) =
+            if statement_kind(&handle.sql, self.engine.store().dialect()) == StatementKind::Query {
+                let prepared = self
+                    .engine
+                    .prepare(&handle.sql)
+                    .await
+                    .map_err(Error::from)?;
+                (prepared.schema(), prepared.parameter_schema())
+            } else {
+                // Run on the store as written; nothing to plan. The parameters take their
+                // types from the bound values.
+                let empty = Arc::new(Schema::empty());
+                (Arc::clone(&empty), empty)
+            };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode()?,
             dataset_schema: schema_bytes(&dataset)?,
@@ -346,7 +366,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         auth::require(&request, Role::Write, "change rows")?;
-        require_for(&request, &command.query)?;
+        self.require_statement(&request, &command.query)?;
         self.statement_update(command, request).await
     }
 
@@ -357,6 +377,8 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         auth::require(&request, Role::Write, "change rows")?;
+        // The statement's own role is checked where it runs (`run_update`): the handle
+        // comes from the client.
         self.prepared_update(command, request).await
     }
 
@@ -667,10 +689,11 @@ impl FlightSqlService for QuiverFlightSqlService {
 
     async fn do_get_fallback(
         &self,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         if message.type_url == subscriptions::SUBSCRIBE_TICKET_TYPE {
+            crate::auth::layer::hold_subscription(&request)?;
             let stream = subscriptions::subscribe(&self.subscriptions, &message.value).await?;
             return Ok(Response::new(Box::pin(ReceiverStream::new(stream))));
         }

@@ -1,9 +1,9 @@
 //! Accepting connections: TCP, and TLS (rustls) when a certificate is configured.
 //!
 //! One accept loop per port hands accepted connections to the gRPC or HTTP server.
-//! TLS handshakes run in their own tasks, at most [`MAX_HANDSHAKES`] at once and each
-//! within [`HANDSHAKE_TIMEOUT`], so a client that connects and says nothing holds up
-//! no one. With TLS on, a plaintext client fails its handshake and is disconnected.
+//! TLS handshakes run in their own tasks, at most `MAX_HANDSHAKES` at once,
+//! `MAX_HANDSHAKES_PER_CLIENT` from one address, and each within
+//! `HANDSHAKE_TIMEOUT`, so clients that connect and say nothing hold up no one else. With TLS on, a plaintext client fails its handshake and is disconnected.
 //!
 //! The certificate and key are read again on SIGHUP and when their files change
 //! (checked every few seconds); a pair that does not load is refused with a log line
@@ -11,8 +11,9 @@
 //! verified against it (optional or required); a verified certificate's subject common
 //! name is what the auth file maps to a principal.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,9 +32,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 
 /// Most TLS handshakes in progress per port.
-const MAX_HANDSHAKES: usize = 512;
+const MAX_HANDSHAKES: usize = 1024;
+/// Most TLS handshakes in progress from one client address (an IPv6 client: its /64),
+/// so a few silent clients cannot hold every handshake slot.
+const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
 /// Longest a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the certificate files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -229,6 +233,7 @@ pub fn accept(
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -262,11 +267,33 @@ pub fn accept(
                 tracing::warn!(%remote, "too many TLS handshakes in progress; connection dropped");
                 continue;
             };
+            let client = crate::auth::client_key(remote.ip());
+            {
+                let mut counts = per_client.lock().expect("never poisoned");
+                let count = counts.entry(client).or_insert(0);
+                if *count >= MAX_HANDSHAKES_PER_CLIENT {
+                    tracing::debug!(%remote, "too many TLS handshakes from this client; connection dropped");
+                    continue;
+                }
+                *count += 1;
+            }
+            let per_client = Arc::clone(&per_client);
             let acceptor = tls.acceptor();
             let sender = sender.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let handshake =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                {
+                    let mut counts = per_client.lock().expect("never poisoned");
+                    if let Some(count) = counts.get_mut(&client) {
+                        *count -= 1;
+                        if *count == 0 {
+                            counts.remove(&client);
+                        }
+                    }
+                }
+                match handshake {
                     Ok(Ok(stream)) => {
                         let certificate = stream
                             .get_ref()

@@ -98,7 +98,7 @@ impl Writer {
             .check("statement", sql)
             .map_err(Error::from)?;
         guard::check_query(sql)?;
-        let kind = statement_kind(sql);
+        let kind = statement_kind(sql, self.engine.store().dialect());
         if kind == StatementKind::Query {
             return Err(Error::InvalidRequest(
                 "a query cannot be executed as an update; run it as a query".to_owned(),

@@ -199,11 +199,19 @@ impl Credentials {
                 sha256,
             });
         }
+        let jwt_secret_file = file.jwt.as_ref().and_then(|jwt| jwt.secret_file.clone());
+        if file.jwt.as_ref().is_some_and(|jwt| jwt.audience.is_none()) {
+            tracing::warn!(
+                "auth file {}: [jwt] has no audience: tokens the identity provider issued \
+                 for other services are accepted too",
+                path.display()
+            );
+        }
         let jwt = file
             .jwt
             .map(|jwt| jwt_settings(jwt, base))
             .transpose()
-            .map_err(bad)?;
+            .map_err(&bad)?;
         let mut certificates = HashMap::new();
         for cert in file.certificates {
             check_name("certificate", &cert.common_name).map_err(&bad)?;
@@ -215,6 +223,15 @@ impl Credentials {
                 if secret.len() < 32 {
                     return Err(bad(
                         "token_secret_file must hold at least 32 bytes".to_owned()
+                    ));
+                }
+                // The identity provider holding this key could issue any user's token.
+                if let Some(jwt_secret) = &jwt_secret_file
+                    && read_secret(&base.join(jwt_secret)).is_ok_and(|s| s == secret)
+                {
+                    return Err(bad(
+                        "token_secret_file and jwt.secret_file hold the same key: give each its own"
+                            .to_owned(),
                     ));
                 }
                 Some(secret)

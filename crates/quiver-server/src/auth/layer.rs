@@ -93,7 +93,12 @@ impl ClientLimits {
             // Full buckets carry no state worth keeping.
             buckets.retain(|_, b| b.tokens + b.at.elapsed().as_secs_f64() * rate < burst);
             if buckets.len() >= MAX_TRACKED {
-                buckets.clear();
+                // Keep the most recently used half: a flood of new keys cannot reset
+                // the bucket of a client being throttled now.
+                let mut used: Vec<Instant> = buckets.values().map(|b| b.at).collect();
+                used.sort_unstable();
+                let cut = used[used.len() / 2];
+                buckets.retain(|_, b| b.at >= cut);
             }
         }
         let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
@@ -120,7 +125,9 @@ impl ClientLimits {
     ) -> Arc<Semaphore> {
         let mut map = map.lock().expect("never poisoned");
         if map.len() >= MAX_TRACKED && !map.contains_key(key) {
-            map.retain(|_, s| s.available_permits() < permits);
+            // Only slots no one holds or waits on: a clone held elsewhere would let
+            // its principal run past the limit with a new semaphore.
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < permits);
         }
         Arc::clone(
             map.entry(key.to_owned())
@@ -171,12 +178,54 @@ enum Call {
     Exempt,
     /// The Flight SQL handshake authenticates itself; it is rate limited by address.
     Handshake,
-    /// Needs the role; takes no slot.
+    /// Needs the role; takes no slot here (a handler may, through [`Slots`]).
     Plain(Role),
-    /// A query stream: takes a query slot.
-    Query,
     /// A change stream: takes a subscription slot.
     Subscription,
+}
+
+/// The principal's slots, for handlers that know what a call is only once they read
+/// it (a Flight `DoGet` ticket is a query or a change stream): a slot taken here is
+/// held until the response stream ends.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    limits: Arc<ClientLimits>,
+    key: String,
+    held: Arc<Mutex<Vec<OwnedSemaphorePermit>>>,
+}
+
+impl Slots {
+    /// Takes one of the principal's query slots (waiting for one of its own queries
+    /// to end, up to the queue timeout).
+    pub async fn query(&self) -> Result<()> {
+        let permit = self.limits.query(&self.key).await?;
+        self.held.lock().expect("never poisoned").push(permit);
+        Ok(())
+    }
+
+    /// Takes one of the principal's subscription slots.
+    pub fn subscription(&self) -> Result<()> {
+        let permit = self.limits.subscription(&self.key)?;
+        self.held.lock().expect("never poisoned").push(permit);
+        Ok(())
+    }
+}
+
+/// Takes a query slot for `request`'s principal (none when the request did not come
+/// through the gate).
+pub async fn hold_query<T>(request: &tonic::Request<T>) -> Result<()> {
+    match request.extensions().get::<Slots>() {
+        Some(slots) => slots.query().await,
+        None => Ok(()),
+    }
+}
+
+/// Takes a subscription slot for `request`'s principal.
+pub fn hold_subscription<T>(request: &tonic::Request<T>) -> Result<()> {
+    match request.extensions().get::<Slots>() {
+        Some(slots) => slots.subscription(),
+        None => Ok(()),
+    }
 }
 
 fn classify(path: &str) -> Call {
@@ -187,7 +236,9 @@ fn classify(path: &str) -> Call {
     if let Some(method) = path.strip_prefix(FLIGHT) {
         return match method {
             "Handshake" => Call::Handshake,
-            "DoGet" => Call::Query,
+            // A query or a change stream: the handler, which reads the ticket, takes
+            // the slot (`Slots`).
+            "DoGet" => Call::Plain(Role::Read),
             "DoExchange" => Call::Subscription,
             _ => Call::Plain(Role::Read),
         };
@@ -206,7 +257,7 @@ fn classify(path: &str) -> Call {
 fn limit_key(principal: &Principal, remote: Option<std::net::SocketAddr>) -> String {
     if principal.is_anonymous() {
         match remote {
-            Some(addr) => format!("address {}", addr.ip()),
+            Some(addr) => format!("address {}", super::client_key(addr.ip())),
             None => "anonymous".to_owned(),
         }
     } else {
@@ -221,17 +272,28 @@ impl Gate {
         call: Call,
         authorization: Option<&[u8]>,
         info: Option<&ConnectInfo>,
-    ) -> Result<(Option<Principal>, Option<OwnedSemaphorePermit>)> {
+    ) -> Result<(
+        Option<Principal>,
+        Option<OwnedSemaphorePermit>,
+        Option<String>,
+    )> {
         if call == Call::Handshake {
             let key = match info.and_then(|i| i.remote) {
-                Some(addr) => format!("address {}", addr.ip()),
+                Some(addr) => format!("address {}", super::client_key(addr.ip())),
                 None => "handshake".to_owned(),
             };
             self.limits.admit(&key)?;
-            return Ok((None, None));
+            return Ok((None, None, None));
         }
         let certificate = info.and_then(|i| i.certificate.as_deref());
-        let principal = self.auth.authenticate(authorization, certificate).await?;
+        let principal = self
+            .auth
+            .authenticate(
+                authorization,
+                certificate,
+                info.and_then(|i| i.remote).map(|a| a.ip()),
+            )
+            .await?;
         let key = limit_key(&principal, info.and_then(|i| i.remote));
         self.limits.admit(&key)?;
         let permit = match call {
@@ -240,16 +302,12 @@ impl Gate {
                 principal.require(role, "call this service")?;
                 None
             }
-            Call::Query => {
-                principal.require(Role::Read, "read")?;
-                Some(self.limits.query(&key).await?)
-            }
             Call::Subscription => {
                 principal.require(Role::Read, "subscribe")?;
                 Some(self.limits.subscription(&key)?)
             }
         };
-        Ok((Some(principal), permit))
+        Ok((Some(principal), permit, Some(key)))
     }
 }
 
@@ -319,7 +377,7 @@ where
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes().to_vec());
             let info = request.extensions().get::<ConnectInfo>().cloned();
-            let (principal, permit) = match gate
+            let (principal, permit, key) = match gate
                 .admit_grpc(call, authorization.as_deref(), info.as_ref())
                 .await
             {
@@ -342,15 +400,25 @@ where
             if let Some(principal) = principal {
                 request.extensions_mut().insert(principal);
             }
+            let held = Arc::new(Mutex::new(Vec::from_iter(permit)));
+            if let Some(key) = key {
+                request.extensions_mut().insert(Slots {
+                    limits: Arc::clone(&gate.limits),
+                    key,
+                    held: Arc::clone(&held),
+                });
+            }
             let response = inner.call(request).instrument(span).await?;
-            Ok(match permit {
-                Some(permit) => response.map(|body| {
+            let holds_any = !held.lock().expect("never poisoned").is_empty();
+            Ok(if holds_any {
+                response.map(|body| {
                     tonic::body::Body::new(Held {
                         inner: body,
-                        _permit: permit,
+                        _held: held,
                     })
-                }),
-                None => response,
+                })
+            } else {
+                response
             })
         })
     }
@@ -377,10 +445,10 @@ fn retry_after_ms(err: &Error) -> Option<u64> {
     rest.split(' ').next()?.parse().ok()
 }
 
-/// A response body holding a slot until the stream ends.
+/// A response body holding slots until the stream ends.
 struct Held {
     inner: tonic::body::Body,
-    _permit: OwnedSemaphorePermit,
+    _held: Arc<Mutex<Vec<OwnedSemaphorePermit>>>,
 }
 
 impl HttpBody for Held {
@@ -419,7 +487,11 @@ pub async fn http_gate(State(gate): State<Gate>, mut request: Request, next: Nex
     let admitted = async {
         let principal = gate
             .auth
-            .authenticate(authorization.as_deref(), certificate.as_deref())
+            .authenticate(
+                authorization.as_deref(),
+                certificate.as_deref(),
+                peer.as_ref().and_then(|p| p.remote).map(|a| a.ip()),
+            )
             .await?;
         let key = limit_key(&principal, peer.as_ref().and_then(|p| p.remote));
         gate.limits.admit(&key)?;
@@ -517,7 +589,7 @@ mod tests {
         );
         assert_eq!(
             classify("/arrow.flight.protocol.FlightService/DoGet"),
-            Call::Query
+            Call::Plain(Role::Read)
         );
         assert_eq!(
             classify("/arrow.flight.protocol.FlightService/DoPut"),

@@ -25,6 +25,18 @@ struct Issued {
     aud: String,
     iat: u64,
     exp: u64,
+    /// A digest of the user's password hash when the token was issued: a changed
+    /// password ends the tokens issued before.
+    pwd: String,
+}
+
+/// The start of a SHA-256 of a user's password hash, as issued tokens carry it.
+fn password_digest(password_hash: &str) -> String {
+    Sha256::digest(password_hash.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn now() -> u64 {
@@ -41,12 +53,17 @@ pub(super) fn issue(
     secret: &[u8],
 ) -> Result<String> {
     let iat = now();
+    let user = credentials
+        .users
+        .get(principal.name.as_ref())
+        .ok_or_else(|| Error::Internal("a token for a user who does not exist".to_owned()))?;
     let claims = Issued {
         sub: principal.name.to_string(),
         iss: ISSUER.to_owned(),
         aud: ISSUER.to_owned(),
         iat,
         exp: iat + credentials.token_ttl.as_secs(),
+        pwd: password_digest(&user.password_hash),
     };
     let key = EncodingKey::from_secret(secret)
         .map_err(|err| Error::Internal(format!("cannot use the token key: {err}")))?;
@@ -117,6 +134,11 @@ fn issued(token: &str, credentials: &Credentials, secret: &[u8]) -> Result<Princ
             data.claims.sub
         )))
     })?;
+    if password_digest(&user.password_hash) != data.claims.pwd {
+        return Err(Refusal::Final(Error::Unauthenticated(
+            "the password changed since this token was issued: log in again".to_owned(),
+        )));
+    }
     Ok(Principal {
         kind: PrincipalKind::User,
         name: Arc::from(data.claims.sub.as_str()),
@@ -168,9 +190,11 @@ fn external(token: &str, jwt: &JwtSettings) -> Result<Principal> {
     let subject = claims
         .get("sub")
         .and_then(|s| s.as_str())
-        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .filter(|s| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control))
         .ok_or_else(|| {
-            Error::Unauthenticated("the token's 'sub' is not a short string".to_owned())
+            Error::Unauthenticated(
+                "the token's 'sub' is not a short string of printable characters".to_owned(),
+            )
         })?;
     let role = match claims.get(&jwt.role_claim) {
         Some(serde_json::Value::String(name)) => role_named(name),
@@ -235,9 +259,13 @@ mod tests {
         // Another server's secret: not ours, and no JWT configured.
         let err = check(&token, &creds, &[8u8; 32]).unwrap_err();
         assert_eq!(crate::error::code_of(&err), tonic::Code::Unauthenticated);
-        // The user's role is read from the file at each use; removal ends the token.
+        // The user's role is read from the file at each use; a new password or
+        // removal ends the token.
         creds.users.get_mut("alice").unwrap().role = Role::Read;
         assert_eq!(check(&token, &creds, &secret).unwrap().role, Role::Read);
+        creds.users.get_mut("alice").unwrap().password_hash = "new".to_owned();
+        let err = check(&token, &creds, &secret).unwrap_err();
+        assert!(err.to_string().contains("password changed"), "{err}");
         creds.users.clear();
         assert!(
             check(&token, &creds, &secret)
@@ -257,6 +285,7 @@ mod tests {
             aud: ISSUER.to_owned(),
             iat: now() - 120,
             exp: now() - 60,
+            pwd: password_digest(""),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

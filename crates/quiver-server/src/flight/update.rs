@@ -18,6 +18,7 @@ use tonic::{Request, Status};
 
 use super::handle::StatementHandle;
 use super::{QuiverFlightSqlService, decode_handle};
+use crate::auth::{self, Principal};
 use crate::connection::{ConnectionId, connection_of};
 use crate::error::{Error, Result};
 use crate::writes::{StatementKind, statement_kind};
@@ -31,8 +32,9 @@ impl QuiverFlightSqlService {
         handle: &StatementHandle,
         descriptor: FlightDescriptor,
         owner: Option<ConnectionId>,
+        principal: &Principal,
     ) -> Result<FlightInfo, Status> {
-        let changed = self.run_update(handle, owner).await?;
+        let changed = self.run_update(handle, owner, principal).await?;
         Ok(FlightInfo::new()
             .try_with_schema(&Schema::empty())
             .map_err(|err| {
@@ -46,12 +48,15 @@ impl QuiverFlightSqlService {
             .with_total_bytes(-1))
     }
 
-    /// Runs the statement of `handle` once per bound parameter row; the rows changed.
+    /// Runs the statement of `handle` once per bound parameter row, when `principal`
+    /// may (every update goes through here); the rows changed.
     async fn run_update(
         &self,
         handle: &StatementHandle,
         owner: Option<ConnectionId>,
+        principal: &Principal,
     ) -> Result<i64> {
+        super::require_for(principal, &handle.sql, self.engine.store().dialect())?;
         let max_rows = self.writer.config().max_rows;
         if handle
             .params
@@ -92,11 +97,12 @@ impl QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut handle = decode_handle(&query.prepared_statement_handle)?;
-        let (max_rows, limit) = if statement_kind(&handle.sql) == StatementKind::Query {
-            (self.max_query_parameter_rows, "max_query_parameter_rows")
-        } else {
-            (self.writer.config().max_rows, "max_mutation_rows")
-        };
+        let (max_rows, limit) =
+            if statement_kind(&handle.sql, self.engine.store().dialect()) == StatementKind::Query {
+                (self.max_query_parameter_rows, "max_query_parameter_rows")
+            } else {
+                (self.writer.config().max_rows, "max_mutation_rows")
+            };
         let max_bytes = self.writer.config().max_request_bytes;
         let batches =
             read_put_stream(request, "parameter batches", (max_rows, limit), max_bytes).await?;
@@ -115,12 +121,13 @@ impl QuiverFlightSqlService {
         // Read the stream to its end even though a plain update carries no data (only
         // the descriptor, which is not an Arrow message).
         let owner = connection_of(&request);
+        let principal = auth::principal_of(&request)?.clone();
         let mut stream = request.into_inner();
         while let Some(message) = stream.next().await {
             message.map_err(put_status)?;
         }
         let handle = StatementHandle::new(command.query).in_transaction(command.transaction_id);
-        Ok(self.run_update(&handle, owner).await?)
+        Ok(self.run_update(&handle, owner, &principal).await?)
     }
 
     /// `CommandPreparedStatementUpdate`: the prepared statement once per parameter row
@@ -132,6 +139,8 @@ impl QuiverFlightSqlService {
     ) -> Result<i64, Status> {
         let mut handle = decode_handle(&command.prepared_statement_handle)?;
         let owner = connection_of(&request);
+        let principal = auth::principal_of(&request)?.clone();
+        super::require_for(&principal, &handle.sql, self.engine.store().dialect())?;
         let max_rows = self.writer.config().max_rows;
         let max_bytes = self.writer.config().max_request_bytes;
         let batches = read_put_stream(
@@ -144,7 +153,7 @@ impl QuiverFlightSqlService {
         if let Some(params) = concat(batches)? {
             handle.params = Some(params);
         }
-        Ok(self.run_update(&handle, owner).await?)
+        Ok(self.run_update(&handle, owner, &principal).await?)
     }
 
     /// `CommandStatementIngest`: the batches of the stream into a table.

@@ -19,7 +19,6 @@
 //! engine (see `quiver_storage::sqlite`); this check answers first, with a clear
 //! message.
 
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
 use quiver_storage::Dialect;
@@ -31,11 +30,12 @@ fn refuse(message: impl Into<String>) -> Error {
     Error::PermissionDenied(message.into())
 }
 
-/// The statement's tokens without whitespace; `None` when it does not tokenize (the
+/// The statement's tokens without whitespace, read with the comment rules of the
+/// store of `dialect` (`None`: DataFusion's); `None` when it does not tokenize (the
 /// store then reports the syntax error, and runs nothing).
-fn tokens(sql: &str) -> Option<Vec<Token>> {
-    let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
+fn tokens(sql: &str, dialect: Option<Dialect>) -> Option<Vec<Token>> {
+    let rules = super::statement::sql_dialect(dialect);
+    let tokens = Tokenizer::new(rules.as_ref(), sql).tokenize().ok()?;
     Some(
         tokens
             .into_iter()
@@ -60,7 +60,7 @@ fn keyword(token: Option<&Token>) -> Keyword {
 /// Checks a client's query before it is planned: it may not name Quiver's own
 /// objects (the catalog hides them; this says why they cannot be reached).
 pub fn check_query(sql: &str) -> Result<()> {
-    match tokens(sql) {
+    match tokens(sql, None) {
         Some(tokens) => check_names(&tokens),
         None => Ok(()),
     }
@@ -96,7 +96,7 @@ fn check_names(tokens: &[Token]) -> Result<()> {
 
 /// Checks a client statement before it runs on the store of `dialect`.
 pub fn check_client_statement(sql: &str, dialect: Dialect) -> Result<()> {
-    let Some(tokens) = tokens(sql) else {
+    let Some(tokens) = tokens(sql, Some(dialect)) else {
         return Ok(());
     };
     check_names(&tokens)?;

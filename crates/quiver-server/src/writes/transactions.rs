@@ -38,6 +38,11 @@ pub(super) struct TransactionSlot {
     pub(super) last_used: Mutex<Instant>,
 }
 
+/// Most transactions one connection (and principal) may hold open.
+const MAX_TRANSACTIONS_PER_CONNECTION: usize = 64;
+/// Most transactions open on the server.
+const MAX_TRANSACTIONS: usize = 10_000;
+
 /// What a client is told of a transaction that is not its own or not there: the same,
 /// so nothing is learned about other clients' ids.
 fn unknown(id: &Bytes) -> Error {
@@ -108,10 +113,21 @@ impl Writer {
             state: tokio::sync::Mutex::new(OpenTransaction::default()),
             last_used: Mutex::new(Instant::now()),
         });
-        self.transactions
-            .lock()
-            .expect("never poisoned")
-            .insert(id.clone(), slot);
+        let mut transactions = self.transactions.lock().expect("never poisoned");
+        // Each open transaction is kept until it ends or idles out: bounded per
+        // connection and in all, so a client looping on BeginTransaction holds little.
+        let mine = transactions
+            .values()
+            .filter(|slot| slot.owner.is_some() && slot.owner == owner)
+            .count();
+        if mine >= MAX_TRANSACTIONS_PER_CONNECTION || transactions.len() >= MAX_TRANSACTIONS {
+            return Err(Error::ResourceExhausted(format!(
+                "too many open transactions ({mine} on this connection, {} in all; at most \
+                 {MAX_TRANSACTIONS_PER_CONNECTION} per connection): end one first",
+                transactions.len()
+            )));
+        }
+        transactions.insert(id.clone(), slot);
         Ok(id)
     }
 

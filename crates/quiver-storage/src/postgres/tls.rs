@@ -9,8 +9,9 @@
 //! - `verify-ca`: TLS, the certificate chains to a trusted root.
 //! - `verify-full`: `verify-ca`, and the certificate names the host connected to.
 //!
-//! Trusted roots come from `sslrootcert` (a PEM file), or else the Mozilla root set
-//! (`webpki-roots`). No OpenSSL anywhere.
+//! Trusted roots come from `sslrootcert` (a PEM file); `verify-full` without it uses
+//! the Mozilla root set (`webpki-roots`), `verify-ca` refuses to start without it (any
+//! public certificate for any name would pass). No OpenSSL anywhere.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,6 +125,14 @@ fn percent_decode(value: &str) -> Result<String> {
 pub(crate) fn connector(tls: &TlsUrl, config: &mut tokio_postgres::Config) -> Result<Connector> {
     let mode = match (tls.mode, &tls.root_cert) {
         (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        // Any publicly trusted certificate for any name would pass: not a check.
+        (SslMode::VerifyCa, None) => {
+            return Err(Error::Config(
+                "sslmode=verify-ca needs sslrootcert (the CA that signed the server's \
+                 certificate); verify-full may use the public roots"
+                    .to_owned(),
+            ));
+        }
         (mode, _) => mode,
     };
     config.ssl_mode(match mode {
@@ -325,5 +334,12 @@ mod tests {
         let mut config = tokio_postgres::Config::new();
         // The file is read: require + sslrootcert is verify-ca, as in libpq.
         assert!(connector(&missing, &mut config).is_err());
+        let no_roots = TlsUrl {
+            url: String::new(),
+            mode: SslMode::VerifyCa,
+            root_cert: None,
+        };
+        let err = connector(&no_roots, &mut config).unwrap_err();
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
     }
 }
