@@ -298,6 +298,57 @@ mod tests {
     }
 
     #[test]
+    fn jwts_are_checked_against_a_key_set_by_kid() {
+        // A key pair made for this test only; the set holds its public half as "k1".
+        let private = include_bytes!("testdata/test-only-rsa.key");
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(include_str!("testdata/test-only-jwks.json")).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_audience(&["quiver"]);
+        let creds = Credentials {
+            jwt: Some(JwtSettings {
+                keys: JwtKeys::Set(set),
+                validation,
+                role_claim: "role".to_owned(),
+            }),
+            ..credentials()
+        };
+        let sign = |kid: Option<&str>, claims: serde_json::Value| {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(private).unwrap())
+                .unwrap()
+        };
+        let claims = serde_json::json!({
+            "sub": "svc-7", "role": "write", "aud": "quiver", "exp": now() + 60
+        });
+        let principal = check(&sign(Some("k1"), claims.clone()), &creds, &[0; 32]).unwrap();
+        assert_eq!(
+            (principal.kind, principal.name.as_ref(), principal.role),
+            (PrincipalKind::Jwt, "svc-7", Role::Write)
+        );
+        for (kid, claims, says) in [
+            (Some("k2"), claims.clone(), "no key 'k2'"),
+            (None, claims.clone(), "names no key"),
+            (
+                Some("k1"),
+                serde_json::json!({"sub": "svc-7", "role": "write", "aud": "quiver", "exp": now() - 600}),
+                "expired",
+            ),
+            (
+                Some("k1"),
+                serde_json::json!({"sub": "svc-7", "role": "write", "aud": "other", "exp": now() + 60}),
+                "audience",
+            ),
+        ] {
+            let err = check(&sign(kid, claims), &creds, &[0; 32]).unwrap_err();
+            assert_eq!(crate::error::code_of(&err), tonic::Code::Unauthenticated);
+            assert!(err.to_string().contains(says), "{says}: {err}");
+        }
+    }
+
+    #[test]
     fn static_tokens_are_found_by_their_hash() {
         let creds = credentials();
         let principal = check("qvr_secret", &creds, &[0; 32]).unwrap();
