@@ -92,7 +92,7 @@ def run(conn, sql):
     return table
 
 
-def overhead(binary, db_path, creds, lookups, scans):
+def overhead(binary, db_path, creds, lookups, scans, rounds):
     tls_args = ["--tls-cert", str(creds.pki.server.cert), "--tls-key", str(creds.pki.server.key)]
     auth_args = ["--auth-file", str(creds.main_auth_file)]
     ca = creds.pki.ca.cert.read_text()
@@ -105,43 +105,55 @@ def overhead(binary, db_path, creds, lookups, scans):
         ("API token, TLS", auth_args + tls_args, "grpc+tls",
          {**token, "adbc.flight.sql.client_option.tls_root_certs": ca}),
     ]
-    rows = []
-    for step, (name, args, scheme, db_kwargs) in enumerate(setups, 1):
-        progress(f"overhead {step}/{len(setups)}: {name}")
-        server = Server(binary, db_path, *args)
-        try:
-            uri = f"{scheme}://{server.grpc}"
-            connects = []
-            for _ in range(10):
-                started = time.perf_counter()
-                conn = connect(uri, db_kwargs)
-                run(conn, "SELECT 1")
-                connects.append(time.perf_counter() - started)
-                conn.close()
-            conn = connect(uri, db_kwargs)
+    # Every server runs at once and the setups take turns, round after round, so a
+    # machine that slows down or speeds up during the run weighs on all of them alike.
+    servers = [Server(binary, db_path, *args) for _, args, _, _ in setups]
+    samples = {name: {"connect": [], "lookup": [], "scan": []} for name, *_ in setups}
+    scan_bytes = 0
+    try:
+        uris = [f"{scheme}://{server.grpc}" for (_, _, scheme, _), server in zip(setups, servers)]
+        conns = [connect(uri, db_kwargs) for uri, (_, _, _, db_kwargs) in zip(uris, setups)]
+        for conn in conns:
             run(conn, POINT_SQL)
-            latencies = []
-            for _ in range(lookups):
+            run(conn, "SELECT * FROM tasks")
+        for round_ in range(rounds):
+            progress(f"overhead round {round_ + 1}/{rounds}")
+            order = list(zip(setups, uris, conns))
+            if round_ % 2:
+                order.reverse()
+            for (name, _, _, db_kwargs), uri, conn in order:
                 started = time.perf_counter()
-                assert run(conn, POINT_SQL).num_rows == 1
-                latencies.append(time.perf_counter() - started)
-            scan_times, scan_bytes = [], 0
-            for _ in range(scans):
-                started = time.perf_counter()
-                table = run(conn, "SELECT * FROM tasks")
-                scan_times.append(time.perf_counter() - started)
-                scan_bytes = table.nbytes
+                fresh = connect(uri, db_kwargs)
+                run(fresh, "SELECT 1")
+                samples[name]["connect"].append(time.perf_counter() - started)
+                fresh.close()
+                for _ in range(lookups // rounds):
+                    started = time.perf_counter()
+                    assert run(conn, POINT_SQL).num_rows == 1
+                    samples[name]["lookup"].append(time.perf_counter() - started)
+                for _ in range(max(1, scans // rounds)):
+                    started = time.perf_counter()
+                    table = run(conn, "SELECT * FROM tasks")
+                    samples[name]["scan"].append(time.perf_counter() - started)
+                    scan_bytes = table.nbytes
+        for conn in conns:
             conn.close()
-            scan = statistics.median(scan_times)
-            rows.append((name, statistics.median(connects), percentile(latencies, 0.5),
-                         percentile(latencies, 0.99), scan, scan_bytes / scan / 1e6))
-        finally:
+    finally:
+        for server in servers:
             server.stop()
-    base = rows[0]
-    print("| setup | connect (median) | point lookup p50 | p99 | full scan (median) | MB/s | scan vs plaintext, no auth |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, connect_s, p50, p99, scan, mbs in rows:
-        print(f"| {name} | {ms(connect_s)} | {ms(p50)} | {ms(p99)} | {ms(scan)} | {mbs:.0f} | {scan / base[4]:.2f}× |")
+    base_scan = statistics.median(samples[setups[0][0]]["scan"])
+    base_lookup = percentile(samples[setups[0][0]]["lookup"], 0.5)
+    print(f"{rounds} rounds, setups in turn; {len(samples[setups[0][0]]['lookup'])} lookups, "
+          f"{len(samples[setups[0][0]]['scan'])} scans of {scan_bytes / 1e6:.0f} MB each per setup.\n")
+    print("| setup | connect (median) | point lookup p50 | p99 | p50 vs no auth | full scan (median) | MB/s | scan vs no auth |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, *_ in setups:
+        s = samples[name]
+        p50 = percentile(s["lookup"], 0.5)
+        scan = statistics.median(s["scan"])
+        print(f"| {name} | {ms(statistics.median(s['connect']))} | {ms(p50)} | "
+              f"{ms(percentile(s['lookup'], 0.99))} | {p50 / base_lookup:.2f}× | {ms(scan)} | "
+              f"{scan_bytes / scan / 1e6:.0f} | {scan / base_scan:.2f}× |")
     print()
 
 
@@ -226,8 +238,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quiver", default=str(ROOT / "target" / "release" / "quiver"))
     parser.add_argument("--tasks", type=int, default=200_000)
-    parser.add_argument("--lookups", type=int, default=500)
-    parser.add_argument("--scans", type=int, default=5)
+    parser.add_argument("--lookups", type=int, default=1000)
+    parser.add_argument("--scans", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--flooders", type=int, default=16)
     args = parser.parse_args()
@@ -247,7 +260,7 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
         print(f"SQLite demo database, {args.tasks} tasks; ADBC (Python) clients; "
               f"{os.cpu_count()} CPUs.\n")
-        overhead(args.quiver, db_path, creds, args.lookups, args.scans)
+        overhead(args.quiver, db_path, creds, args.lookups, args.scans, args.rounds)
         fairness(args.quiver, db_path, creds, args.seconds, args.flooders)
 
 

@@ -35,7 +35,12 @@ impl QuiverProcess {
                 if let Some(rest) = line.split("serving grpc_addr=").nth(1) {
                     let mut parts = rest.split(" http_addr=");
                     let grpc = parts.next().unwrap_or_default().trim().to_owned();
-                    let http = parts.next().unwrap_or_default().trim().to_owned();
+                    // More fields follow the address (tls=…, auth=…).
+                    let http = parts
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = sender.send((grpc, http));
                 }
             }

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from conftest import quiver_binary
+from hostile_clients import _varint
 
 OPENSSL = "/usr/bin/openssl"
 FLIGHT_SERVICE = "/arrow.flight.protocol.FlightService"
@@ -305,19 +306,6 @@ def basic(user: str, password: str, *, padded: bool = True) -> str:
 
 
 # --- protobuf by hand -----------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def pb_bytes(number: int, data: bytes | str) -> bytes:

@@ -445,15 +445,15 @@ fn retry_after_ms(err: &Error) -> Option<u64> {
     rest.split(' ').next()?.parse().ok()
 }
 
-/// A response body holding slots until the stream ends.
-struct Held {
-    inner: tonic::body::Body,
-    _held: Arc<Mutex<Vec<OwnedSemaphorePermit>>>,
+/// A response body holding `G` (slots) until the stream ends.
+struct Held<B, G> {
+    inner: B,
+    _held: G,
 }
 
-impl HttpBody for Held {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
+impl<B: HttpBody + Unpin, G: Unpin> HttpBody for Held<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -513,9 +513,9 @@ pub async fn http_gate(State(gate): State<Gate>, mut request: Request, next: Nex
     let response = next.run(request).instrument(span).await;
     match permit {
         Some(permit) => response.map(|body| {
-            axum::body::Body::new(HttpHeld {
+            axum::body::Body::new(Held {
                 inner: body,
-                _permit: permit,
+                _held: permit,
             })
         }),
         None => response,
@@ -539,31 +539,6 @@ fn http_refusal(err: Error) -> Response {
         headers.insert(http::header::RETRY_AFTER, value);
     }
     response.into_response()
-}
-
-struct HttpHeld {
-    inner: axum::body::Body,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl HttpBody for HttpHeld {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]
