@@ -317,8 +317,12 @@ mod tests {
         let sign = |kid: Option<&str>, claims: serde_json::Value| {
             let mut header = Header::new(Algorithm::RS256);
             header.kid = kid.map(str::to_owned);
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(private).unwrap())
-                .unwrap()
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_rsa_pem(private).unwrap(),
+            )
+            .unwrap()
         };
         let claims = serde_json::json!({
             "sub": "svc-7", "role": "write", "aud": "quiver", "exp": now() + 60
