@@ -290,6 +290,13 @@ pub async fn fetch_with(
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
         .map_err(|err| client_error("invalid address", &err))?;
     let tls_asked = options.tls_ca.is_some() || options.tls_cert.is_some();
+    let sends_secrets = options.password.is_some() || options.token.is_some();
+    if sends_secrets && !tls_asked && !addr.starts_with("https://") && !is_loopback(addr) {
+        eprintln!(
+            "quiver: warning: sending credentials to {addr} without TLS (use an https:// \
+             address and --tls-ca)"
+        );
+    }
     if addr.starts_with("https://") || tls_asked {
         let read = |path: &std::path::Path| {
             std::fs::read(path)
@@ -351,6 +358,25 @@ pub async fn fetch_with(
     Ok(batches)
 }
 
+/// Whether `addr` (`http://host:port`) names this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .split("://")
+        .nth(1)
+        .unwrap_or(addr)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = host
+        .rsplit_once(':')
+        .map_or(host, |(host, _)| host)
+        .trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A client error's text with the gRPC code's name (`UNAUTHENTICATED`) in front of
 /// tonic's description of it, which is all arrow-flight's errors carry.
 fn with_code_name(text: &str) -> String {
@@ -401,4 +427,31 @@ pub async fn query(args: QueryArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_recognised() {
+        for addr in [
+            "http://127.0.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+        ] {
+            assert!(is_loopback(addr), "{addr}");
+        }
+        for addr in ["http://10.0.0.5:50051", "http://quiver.example.com:50051"] {
+            assert!(!is_loopback(addr), "{addr}");
+        }
+    }
+
+    #[test]
+    fn client_errors_name_the_code() {
+        let text = "Can't handshake code: 'The request does not have valid authentication \
+                    credentials', message: \"invalid user name or password\"";
+        assert!(with_code_name(text).starts_with("UNAUTHENTICATED ("));
+        assert_eq!(with_code_name("transport error"), "transport error");
+    }
 }

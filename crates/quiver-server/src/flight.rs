@@ -249,7 +249,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             Ok(done) => done,
             Err(err) => {
                 tracing::info!(client = ?remote, error = %err, "login refused");
-                return Err(err.into());
+                return Err(crate::auth::layer::refusal(err));
             }
         };
         tracing::info!(%principal, client = ?remote, "logged in");

@@ -424,8 +424,8 @@ where
     }
 }
 
-/// A status for `err`, with a retry hint when it is a limit.
-fn refusal(err: Error) -> tonic::Status {
+/// A status for `err`, with a retry hint (trailer `retry-after-ms`) when it is a limit.
+pub(crate) fn refusal(err: Error) -> tonic::Status {
     let retry = retry_after_ms(&err);
     let mut status = tonic::Status::from(err);
     if let Some(ms) = retry
