@@ -1,6 +1,6 @@
 """Access control and TLS, end to end, from real clients (ADBC, pyarrow.flight, grpcio,
-requests, the `quiver` CLI) against real servers, following the interface of
-/work/notes/auth-spec.md.
+requests, the `quiver` CLI) against real servers, following the interface described
+in docs/security.md.
 
 Servers (module-scoped, few): one auth server per backend (users alice/bob/carol with
 roles read/write/admin, a static write token, HS256 JWTs), one TLS server (RS256 JWTs,

@@ -45,7 +45,9 @@ pub(super) struct Verifier {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     /// Verified against when the user does not exist, so that takes as long as a
     /// wrong password.
-    decoy: String,
+    /// Made at the first login of an unknown user, not at start (a server with
+    /// authentication off never needs it).
+    decoy: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Verifier {
@@ -55,7 +57,7 @@ impl Verifier {
             slots: Arc::new(Semaphore::new((cpus / 2).max(1))),
             remembered: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            decoy: hash_password("quiver decoy password").expect("argon2 hashes with its defaults"),
+            decoy: Arc::default(),
         }
     }
 
@@ -121,10 +123,11 @@ impl Verifier {
             return Err(refused());
         }
         let user = credentials.users.get(&name);
-        let hash = user.map_or(self.decoy.clone(), |u| u.password_hash.clone());
+        let hash = user.map(|u| u.password_hash.clone());
         let key: [u8; 32] = {
             let mut digest = Sha256::new();
-            for part in [name.as_bytes(), password.as_bytes(), hash.as_bytes()] {
+            let stored = hash.as_deref().unwrap_or_default();
+            for part in [name.as_bytes(), password.as_bytes(), stored.as_bytes()] {
                 digest.update((part.len() as u64).to_le_bytes());
                 digest.update(part);
             }
@@ -151,8 +154,19 @@ impl Verifier {
                 Error::ResourceExhausted("too many logins at once; retry after 1000 ms".to_owned())
             })?
             .map_err(|_| Error::Unavailable("the server is stopping".to_owned()))?;
+        let decoy = Arc::clone(&self.decoy);
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            // An unknown user is verified against a decoy, so it costs what a wrong
+            // password costs.
+            let hash = hash.unwrap_or_else(|| {
+                decoy
+                    .get_or_init(|| {
+                        hash_password("quiver decoy password")
+                            .expect("argon2 hashes with its defaults")
+                    })
+                    .clone()
+            });
             PasswordHash::new(&hash).is_ok_and(|hash| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &hash)
