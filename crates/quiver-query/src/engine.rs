@@ -24,7 +24,7 @@ use crate::executor::{Executor, ExecutorConfig, QueryControl, YieldEverywhere};
 use crate::limits::StatementLimits;
 use crate::normalize::{client_schema, to_client_batch};
 use crate::params::{Parameter, coerce_values, number_placeholders};
-use crate::provider::{ReadThrough, ReadsThrough, StoreTable};
+use crate::provider::{QuerySpan, ReadThrough, ReadsThrough, StoreTable};
 
 /// The catalog name the store's schemas appear under.
 pub const CATALOG_NAME: &str = "quiver";
@@ -297,6 +297,13 @@ impl QueryEngine {
         let permit = self.executor.admit().await?;
         let announced = query.schema();
         let mut state = self.ctx.state();
+        let span = tracing::debug_span!("query.execute");
+        if !span.is_disabled() {
+            // Scans run in tasks DataFusion spawns: they find their parent here.
+            state
+                .config_mut()
+                .set_extension(Arc::new(QuerySpan(span.clone())));
+        }
         if let Some(through) = through {
             // One connection serves the whole query: scans are not split.
             state
@@ -316,7 +323,7 @@ impl QueryEngine {
         };
         self.executor
             .run(permit, control, start)
-            .instrument(tracing::debug_span!("query.execute"))
+            .instrument(span)
             .await
     }
 

@@ -38,6 +38,11 @@ pub trait ReadThrough: Send + Sync + fmt::Debug {
     ) -> futures::future::BoxFuture<'static, quiver_storage::Result<Vec<RecordBatch>>>;
 }
 
+/// The span of the query a scan belongs to (a session extension): DataFusion runs
+/// scans in tasks of its own, where the caller's span is not current.
+#[derive(Debug, Clone)]
+pub(crate) struct QuerySpan(pub(crate) tracing::Span);
+
 /// The [`ReadThrough`] of a query, kept in its session's configuration.
 #[derive(Debug)]
 pub(crate) struct ReadsThrough(pub(crate) Arc<dyn ReadThrough>);
@@ -426,7 +431,11 @@ impl ExecutionPlan for StoreScanExec {
         let params = scan.params.clone();
         let schema = Arc::clone(&self.schema);
         let through = context.session_config().get_extension::<ReadsThrough>();
-        let batches = futures::stream::once(async move {
+        let parent = context
+            .session_config()
+            .get_extension::<QuerySpan>()
+            .map_or_else(tracing::Span::none, |span| span.0.clone());
+        let read = async move {
             match through {
                 Some(through) => {
                     let batches = through.0.read(sql, params, schema).await?;
@@ -436,9 +445,10 @@ impl ExecutionPlan for StoreScanExec {
                 }
                 None => store.query(sql, params, schema).await,
             }
-        })
-        .try_flatten()
-        .map(|item| item.map_err(|err| DataFusionError::External(Box::new(err))));
+        };
+        let batches = futures::stream::once(tracing::Instrument::instrument(read, parent))
+            .try_flatten()
+            .map(|item| item.map_err(|err| DataFusionError::External(Box::new(err))));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             batches,

@@ -40,6 +40,8 @@ pub struct HttpState {
     pub engine: Arc<QueryEngine>,
     /// The subscription service, for its metrics.
     pub subscriptions: Arc<crate::subscriptions::Hub>,
+    /// The write path, for its metrics.
+    pub writer: Arc<crate::writes::Writer>,
     /// The supervised background tasks, for readiness.
     pub tasks: Arc<crate::supervise::Tasks>,
 }
@@ -65,6 +67,9 @@ pub fn router(state: HttpState, gate: Gate) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::observe::observe_http,
+        ))
         .with_state(state)
 }
 
@@ -88,18 +93,53 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Prometheus text: the subscription service's state so far.
-async fn metrics(State(state): State<HttpState>) -> Response {
-    let mut text = String::new();
-    state.subscriptions.render_metrics(&mut text);
+/// How long a scrape waits for the store's oldest change-log version.
+const SCRAPE_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The metrics registry: OpenMetrics (with exemplars) to a scraper that asks for it,
+/// the classic Prometheus text format otherwise.
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let registry = crate::metrics::metrics();
+    let store = state.engine.store();
+    registry.set_pool(&store.pool_status());
+    state.subscriptions.refresh_metrics();
+    registry
+        .transactions_open
+        .set(state.writer.open_transactions() as i64);
+    if let Ok(Ok(oldest)) = tokio::time::timeout(SCRAPE_STORE_TIMEOUT, store.oldest_version()).await
+    {
+        registry.change_log_oldest.set(oldest.unwrap_or(0) as i64);
+    }
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS
+    } else {
+        crate::metrics::PROMETHEUS_TEXT
+    };
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
+        [(header::CONTENT_TYPE, content_type)],
+        crate::metrics::render(openmetrics),
     )
         .into_response()
+}
+
+/// The gRPC code an HTTP error status stands for (for the error counter).
+pub(crate) fn code_for_status(status: StatusCode) -> Code {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Code::InvalidArgument,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::CONFLICT => Code::FailedPrecondition,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+        StatusCode::NOT_IMPLEMENTED | StatusCode::METHOD_NOT_ALLOWED => Code::Unimplemented,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

@@ -31,6 +31,7 @@ pub mod flight;
 pub mod http;
 pub mod ipc;
 pub mod listen;
+pub mod metrics;
 pub mod mutations;
 pub mod subscriptions;
 pub mod supervise;
@@ -375,6 +376,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
 
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
+        .layer(telemetry::observe::ObserveLayer)
         .layer(tower::util::MapResponseLayer::new(client_codes))
         .layer(GateLayer::new(gate.clone()))
         .add_service(health_service)
@@ -398,6 +400,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         http::HttpState {
             engine: Arc::clone(&server.engine),
             subscriptions: Arc::clone(&hub),
+            writer: Arc::clone(&server.writer),
             tasks: Arc::clone(&tasks),
         },
         gate,

@@ -10,14 +10,22 @@ use quiver_server::cli::{Cli, run};
 const THREAD_STACK: usize = 8 << 20;
 
 fn main() -> ExitCode {
-    quiver_server::telemetry::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK)
         .build();
     let outcome = match runtime {
-        Ok(runtime) => runtime.block_on(run(Cli::parse())),
-        Err(err) => Err(quiver_server::Error::Io(err)),
+        Ok(runtime) => {
+            // The trace exporter's channel lives on the runtime.
+            runtime.block_on(async { quiver_server::telemetry::init() });
+            let outcome = runtime.block_on(run(Cli::parse()));
+            quiver_server::telemetry::shutdown();
+            outcome
+        }
+        Err(err) => {
+            quiver_server::telemetry::init();
+            Err(quiver_server::Error::Io(err))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,15 +51,15 @@ impl MutationService {
         operations: Vec<operation::Op>,
         idempotency_key: &str,
         encoded: Vec<u8>,
-        trace_context: Option<String>,
     ) -> Result<Response<MutateResponse>, Status> {
         let planner = Planner {
             engine: self.writer.engine(),
             limits: self.writer.config(),
         };
         let idempotency_key = scoped_key(principal, idempotency_key);
-        let plan = planner.plan(operations, &idempotency_key, &encoded)?;
-        let response = execute::run(&self.writer, plan, trace_context).await?;
+        let plan = tracing::debug_span!("mutations.validate")
+            .in_scope(|| planner.plan(operations, &idempotency_key, &encoded))?;
+        let response = execute::run(&self.writer, plan).await?;
         tracing::Span::current().record("commit_version", response.commit_version);
         Ok(Response::new(response))
     }
@@ -71,12 +71,11 @@ impl MutationService {
         key: impl Fn(&R) -> &String,
         op: impl FnOnce(R) -> operation::Op,
     ) -> Result<Response<MutateResponse>, Status> {
-        let trace = trace_context(&request);
         let principal = writer_of(&request)?;
         let request = request.into_inner();
         let encoded = request.encode_to_vec();
         let key = key(&request).clone();
-        self.handle(&principal, vec![op(request)], &key, encoded, trace)
+        self.handle(&principal, vec![op(request)], &key, encoded)
             .await
     }
 }
@@ -96,14 +95,6 @@ fn scoped_key(principal: &Principal, key: &str) -> String {
     }
     let scope = principal.scope();
     format!("{}:{scope}/{key}", scope.len())
-}
-
-fn trace_context<T>(request: &Request<T>) -> Option<String> {
-    request
-        .metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 #[tonic::async_trait]
@@ -149,7 +140,6 @@ impl Mutations for MutationService {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
-        let trace = trace_context(&request);
         let principal = writer_of(&request)?;
         let request = request.into_inner();
         let encoded = request.encode_to_vec();
@@ -166,13 +156,7 @@ impl Mutations for MutationService {
         if operations.is_empty() {
             return Err(Status::invalid_argument("apply has no operations"));
         }
-        self.handle(
-            &principal,
-            operations,
-            &request.idempotency_key,
-            encoded,
-            trace,
-        )
-        .await
+        self.handle(&principal, operations, &request.idempotency_key, encoded)
+            .await
     }
 }

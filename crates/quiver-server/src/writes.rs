@@ -27,6 +27,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use quiver_query::QueryEngine;
 use quiver_storage::{CommitOptions, CommitOutcome, Transaction, Value};
+use tracing::Instrument;
 
 pub use self::statement::{StatementKind, statement_kind};
 use self::transactions::TransactionSlot;
@@ -141,8 +142,14 @@ impl Writer {
         work: impl AsyncFnOnce(&mut Transaction) -> Result<Finish<T>>,
     ) -> Result<Written<T>> {
         let Some(id) = transaction_id.filter(|id| !id.is_empty()) else {
-            let mut tx = self.begin_on_store().await?;
-            return match work(&mut tx).await {
+            let span = tracing::debug_span!(
+                "store.transaction",
+                otel.name = "transaction",
+                otel.kind = "client",
+                db.system.name = self.engine.store().dialect().system_name(),
+            );
+            let mut tx = self.begin_on_store().instrument(span.clone()).await?;
+            return match work(&mut tx).instrument(span.clone()).await {
                 Ok(Finish::Commit(value, options)) => {
                     let outcome = self.commit(tx, options, changes_schema).await?;
                     Ok(Written {
@@ -196,7 +203,23 @@ impl Writer {
         options: CommitOptions,
         changed_schema: bool,
     ) -> Result<CommitOutcome> {
-        let outcome = tx.commit(options).await?;
+        // The change log names the span that wrote (tracing on), else the client's
+        // own trace context: deliveries of these changes link back to it.
+        let mut options = options;
+        if let Some(traceparent) = crate::telemetry::current_traceparent() {
+            options.trace_context = Some(traceparent);
+        }
+        let outcome = tx
+            .commit(options)
+            .instrument(tracing::debug_span!(
+                "store.commit",
+                otel.name = "COMMIT",
+                otel.kind = "client",
+                db.operation.name = "COMMIT",
+            ))
+            .await?;
+        tracing::Span::current().record("commit_version", outcome.version);
+        crate::metrics::metrics().commits.inc();
         if changed_schema {
             self.engine.refresh_catalog().await?;
         }

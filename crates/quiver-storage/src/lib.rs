@@ -58,3 +58,28 @@ pub use store::{Store, StoreLocation, StoreOptions};
 pub use stream::BatchStream;
 pub use transaction::Transaction;
 pub use value::Value;
+
+/// The span of one statement read from the store (an OpenTelemetry client span with
+/// the `db.*` attributes), a child of the current span; none outside any (the
+/// change-log tail's polls are not traced).
+pub(crate) fn statement_span(system: &'static str, sql: &str) -> tracing::Span {
+    let current = tracing::Span::current();
+    if current.is_none() || current.is_disabled() {
+        return tracing::Span::none();
+    }
+    let operation = sql
+        .split_whitespace()
+        .next()
+        .filter(|word| word.len() <= 16 && word.bytes().all(|b| b.is_ascii_alphabetic()))
+        .map(str::to_ascii_uppercase)
+        .unwrap_or_else(|| system.to_owned());
+    tracing::debug_span!(
+        "storage.read",
+        otel.name = %operation,
+        otel.kind = "client",
+        db.system.name = system,
+        db.operation.name = %operation,
+        db.query.text = %sql,
+        rows = tracing::field::Empty,
+    )
+}

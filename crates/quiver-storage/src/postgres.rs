@@ -382,7 +382,7 @@ impl PostgresStore {
         schema: SchemaRef,
         batch_size: usize,
     ) -> Result<BatchStream> {
-        let span = tracing::debug_span!("storage.postgres.read", db.system.name = "postgresql", db.query.text = %sql);
+        let span = crate::statement_span("postgresql", &sql);
         let (conn, statement, rows) = self.start(&sql, &params).instrument(span.clone()).await?;
         let decoders = decoders(&statement, &schema, batch_size)?;
         let state = ReadState {

@@ -150,7 +150,7 @@ impl SqliteStore {
     ) -> Result<BatchStream> {
         let mut conn = self.reader().await?;
         let (sender, receiver) = mpsc::channel::<Result<RecordBatch>>(2);
-        let span = tracing::debug_span!("storage.sqlite.read", db.system.name = "sqlite", db.query.text = %sql, rows = tracing::field::Empty);
+        let span = crate::statement_span("sqlite", &sql);
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let watcher = sender.clone();

@@ -4,8 +4,8 @@
 //! the Flight SQL handshake authenticates itself), checks the least role the service
 //! needs (Mutations: `write`; everything else: `read`; handlers check more where a
 //! statement needs it), applies the principal's rate and concurrency limits, puts the
-//! [`Principal`] in the request's extensions and runs the call inside a span that
-//! names it. [`http_gate`] does the same for the HTTP routes it is put on.
+//! [`Principal`] in the request's extensions and names it in the call's span
+//! ([`crate::telemetry::observe`]). [`http_gate`] does the same for the HTTP routes it is put on.
 //!
 //! Limits, per principal (per client address when authentication is off):
 //! - requests per second, a token bucket (`client_rate_limit_rps`, burst
@@ -29,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::Instrument;
 
 use super::{Auth, Principal, Role};
 use crate::connection::ConnectInfo;
@@ -391,13 +390,8 @@ where
                     return Ok(refusal(err).into_http());
                 }
             };
-            let span = match &principal {
-                Some(principal) => {
-                    tracing::info_span!("rpc", rpc.method = %path, principal = %principal)
-                }
-                None => tracing::info_span!("rpc", rpc.method = %path),
-            };
             if let Some(principal) = principal {
+                tracing::Span::current().record("principal", tracing::field::display(&principal));
                 request.extensions_mut().insert(principal);
             }
             let held = Arc::new(Mutex::new(Vec::from_iter(permit)));
@@ -408,7 +402,7 @@ where
                     held: Arc::clone(&held),
                 });
             }
-            let response = inner.call(request).instrument(span).await?;
+            let response = inner.call(request).await?;
             let holds_any = !held.lock().expect("never poisoned").is_empty();
             Ok(if holds_any {
                 response.map(|body| {
@@ -508,9 +502,9 @@ pub async fn http_gate(State(gate): State<Gate>, mut request: Request, next: Nex
         Ok(admitted) => admitted,
         Err(err) => return http_refusal(err),
     };
-    let span = tracing::info_span!("http", http.route = %route, principal = %principal);
+    tracing::Span::current().record("principal", tracing::field::display(&principal));
     request.extensions_mut().insert(principal);
-    let response = next.run(request).instrument(span).await;
+    let response = next.run(request).await;
     match permit {
         Some(permit) => response.map(|body| {
             axum::body::Body::new(Held {

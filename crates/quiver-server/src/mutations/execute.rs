@@ -22,11 +22,7 @@ enum Attempt {
 
 /// Runs a validated plan in one transaction of `writer`: answers a replay of an
 /// idempotent request from its stored response, or writes and commits.
-pub(super) async fn run(
-    writer: &Writer,
-    plan: Plan,
-    trace_context: Option<String>,
-) -> Result<MutateResponse> {
+pub(super) async fn run(writer: &Writer, plan: Plan) -> Result<MutateResponse> {
     let Plan {
         operations,
         idempotency_key,
@@ -64,8 +60,9 @@ pub(super) async fn run(
                     }),
                 }
             });
+            // The trace context is the writer's to fill in.
             let options = CommitOptions {
-                trace_context,
+                trace_context: None,
                 idempotency,
             };
             Ok(Finish::Commit(Attempt::Written(response), options))

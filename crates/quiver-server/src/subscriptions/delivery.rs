@@ -10,6 +10,7 @@ use quiver_query::predicate::RowFilter;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
+use tracing::Instrument;
 
 use super::decode::Page;
 use super::hub::{Hub, Opened, PAGE_CHANGES, Registration, behind_retention};
@@ -167,11 +168,44 @@ impl Delivery<'_> {
 
     async fn deliver<S: Sink>(&mut self, page: &Page, sink: &mut S) -> Result<(), Stop> {
         let selected = self.spec.select(page, self.delivered)?;
-        sink.deliver(self.spec, page, &selected, page.last).await?;
-        self.hub
-            .metrics
-            .delivered
-            .fetch_add(selected.len() as u64, Ordering::Relaxed);
+        if selected.is_empty() {
+            sink.deliver(self.spec, page, &selected, page.last).await?;
+        } else {
+            // One span per page handed over, in a trace of its own, linked to the
+            // spans of the commits it carries (also when written on another replica).
+            let span = tracing::info_span!(
+                parent: None,
+                "subscription.deliver",
+                otel.name = "subscription deliver",
+                otel.kind = "producer",
+                messaging.operation.type = "send",
+                subscription.id = self.registration.id(),
+                events = selected.len(),
+                first_version = page.first,
+                last_version = page.last,
+            );
+            crate::telemetry::link_to_writers(
+                &span,
+                selected
+                    .iter()
+                    .map(|&i| page.events[i].message.trace_parent.as_str()),
+            );
+            sink.deliver(self.spec, page, &selected, page.last)
+                .instrument(span)
+                .await?;
+            let metrics = crate::metrics::metrics();
+            metrics.subscription_events.inc_by(selected.len() as u64);
+            let now = now_micros();
+            let mut last_commit = None;
+            for &i in &selected {
+                let committed = page.events[i].committed_at_micros;
+                if last_commit != Some(committed) {
+                    last_commit = Some(committed);
+                    let waited = now.saturating_sub(committed).max(0) as f64 / 1e6;
+                    metrics.delivery_latency.observe(waited);
+                }
+            }
+        }
         self.delivered = page.last;
         self.registration.advance(page.last);
         Ok(())
@@ -185,19 +219,15 @@ impl Delivery<'_> {
             if upto.is_some_and(|upto| self.delivered >= upto) {
                 return Ok(());
             }
-            self.hub
-                .metrics
-                .catch_up_reads
-                .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().subscription_catch_up_reads.inc();
             let changes = store.changes_after(self.delivered, PAGE_CHANGES).await?;
             let Some(first) = changes.first().map(|c| c.version) else {
                 return Ok(());
             };
             if first > self.delivered + 1 {
-                self.hub
-                    .metrics
-                    .ended_behind_retention
-                    .fetch_add(1, Ordering::Relaxed);
+                crate::metrics::metrics()
+                    .subscriptions_behind_retention
+                    .inc();
                 return Err(Stop::Failed(behind_retention(self.delivered, Some(first))));
             }
             let page = self.hub.decode(changes);
@@ -230,4 +260,11 @@ impl Delivery<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// Microseconds since the Unix epoch, as commits are stamped.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

@@ -32,6 +32,11 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
+    /// The subscription's id in this process.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(super) fn advance(&self, version: u64) {
         self.position.store(version, Ordering::Relaxed);
     }
@@ -232,9 +237,9 @@ impl Hub {
                     Some(oldest) if version == 0 => oldest - 1,
                     _ if version == 0 => latest,
                     oldest => {
-                        self.metrics
-                            .ended_behind_retention
-                            .fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::metrics()
+                            .subscriptions_behind_retention
+                            .inc();
                         return Err(behind_retention(version, oldest));
                     }
                 }
@@ -249,9 +254,19 @@ impl Hub {
         })
     }
 
-    /// Renders the subscription metrics in Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        self.metrics.render(self.latest(), out);
+    /// Updates the subscription gauges of the metrics registry (when scraped).
+    pub fn refresh_metrics(&self) {
+        let latest = self.latest();
+        let (active, max_lag) = self.metrics.state(latest);
+        let metrics = crate::metrics::metrics();
+        metrics.subscriptions_active.set(active as i64);
+        metrics.subscription_lag_max.set(max_lag as i64);
+        metrics.change_log_latest.set(latest as i64);
+    }
+
+    /// The open subscriptions: id and the version each has delivered up to.
+    pub fn positions(&self) -> Vec<(u64, u64)> {
+        self.metrics.positions()
     }
 }
 
