@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{
-    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider,
 };
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
@@ -25,6 +25,7 @@ use crate::limits::StatementLimits;
 use crate::normalize::{client_schema, to_client_batch};
 use crate::params::{Parameter, coerce_values, number_placeholders};
 use crate::provider::{QuerySpan, ReadThrough, ReadsThrough, StoreTable};
+use crate::system::{SYSTEM_SCHEMA, SystemTable};
 
 /// The catalog name the store's schemas appear under.
 pub const CATALOG_NAME: &str = "quiver";
@@ -101,6 +102,8 @@ pub struct QueryEngine {
     store: Store,
     ctx: SessionContext,
     catalog: RwLock<Arc<Catalog>>,
+    /// The system tables, registered by the server.
+    system: RwLock<Vec<(String, Arc<SystemTable>)>>,
     loaded: AtomicBool,
     limits: StatementLimits,
     executor: Executor,
@@ -141,6 +144,7 @@ impl QueryEngine {
             store,
             ctx,
             catalog: RwLock::new(Arc::new(Catalog::default())),
+            system: RwLock::new(Vec::new()),
             loaded: AtomicBool::new(false),
             limits: config.limits,
             executor: Executor::new(config.executor)?,
@@ -198,6 +202,38 @@ impl QueryEngine {
         Ok(Arc::new(info.clone()))
     }
 
+    /// Adds a system table (`system.<name>`), queryable from now on.
+    pub fn register_system_table(&self, name: &str, table: SystemTable) -> Result<()> {
+        let table = Arc::new(table);
+        self.system
+            .write()
+            .expect("never poisoned")
+            .push((name.to_owned(), Arc::clone(&table)));
+        if let Some(catalog) = self.ctx.catalog(CATALOG_NAME) {
+            catalog.register_schema(SYSTEM_SCHEMA, self.system_schema()?)?;
+        }
+        Ok(())
+    }
+
+    /// The system tables, by name, with their schemas.
+    pub fn system_tables(&self) -> Vec<(String, SchemaRef)> {
+        self.system
+            .read()
+            .expect("never poisoned")
+            .iter()
+            .map(|(name, table)| (name.clone(), table.schema()))
+            .collect()
+    }
+
+    /// The `system` schema with every registered system table.
+    fn system_schema(&self) -> Result<Arc<dyn datafusion::catalog::SchemaProvider>> {
+        let schema = MemorySchemaProvider::new();
+        for (name, table) in self.system.read().expect("never poisoned").iter() {
+            schema.register_table(name.clone(), Arc::clone(table) as Arc<dyn TableProvider>)?;
+        }
+        Ok(Arc::new(schema))
+    }
+
     /// Re-reads the store's catalog and re-registers its tables (after DDL).
     pub async fn refresh_catalog(&self) -> Result<()> {
         let catalog = Arc::new(self.store.catalog().await?);
@@ -210,6 +246,12 @@ impl QueryEngine {
             }
             provider.register_schema(&schema.name, Arc::new(schema_provider))?;
         }
+        if catalog.schemas.iter().any(|s| s.name == SYSTEM_SCHEMA) {
+            tracing::warn!(
+                "the store has a schema named {SYSTEM_SCHEMA:?}: Quiver's system tables take its place in queries"
+            );
+        }
+        provider.register_schema(SYSTEM_SCHEMA, self.system_schema()?)?;
         self.ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
         *self
             .catalog
@@ -298,6 +340,12 @@ impl QueryEngine {
         let announced = query.schema();
         let mut state = self.ctx.state();
         let span = tracing::debug_span!("query.execute");
+        if let Some(viewer) = &control.viewer {
+            state.config_mut().set_extension(Arc::clone(viewer));
+        }
+        state
+            .config_mut()
+            .set_extension(Arc::new(control.store_sql.clone()));
         if !span.is_disabled() {
             // Scans run in tasks DataFusion spawns: they find their parent here.
             state

@@ -69,6 +69,40 @@ impl Default for ExecutorConfig {
 pub struct QueryControl {
     /// Cancels the query (Flight SQL `CancelFlightInfo`).
     pub cancel: CancellationToken,
+    /// Who runs it (what system tables show).
+    pub viewer: Option<Arc<crate::system::Viewer>>,
+    /// Collects the statements the query sends to the store.
+    pub store_sql: StoreSql,
+}
+
+/// The statements a query sent to the store, as its scans started them (at most
+/// [`StoreSql::MAX`], each cut to [`StoreSql::MAX_LEN`] bytes).
+#[derive(Debug, Clone, Default)]
+pub struct StoreSql(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StoreSql {
+    /// Most statements kept.
+    pub const MAX: usize = 16;
+    /// Most bytes kept of one statement.
+    pub const MAX_LEN: usize = 2048;
+
+    /// Records a statement sent.
+    pub fn push(&self, sql: &str) {
+        let mut kept = self.0.lock().expect("never poisoned");
+        if kept.len() >= Self::MAX || kept.iter().any(|k| k == sql) {
+            return;
+        }
+        let mut end = sql.len().min(Self::MAX_LEN);
+        while !sql.is_char_boundary(end) {
+            end -= 1;
+        }
+        kept.push(sql[..end].to_owned());
+    }
+
+    /// The statements recorded so far.
+    pub fn statements(&self) -> Vec<String> {
+        self.0.lock().expect("never poisoned").clone()
+    }
 }
 
 /// The query runtime and its admission gate.

@@ -23,10 +23,11 @@ pub mod params;
 pub mod predicate;
 pub mod provider;
 mod pushdown;
+pub mod system;
 
 pub use engine::{CATALOG_NAME, EngineConfig, PreparedQuery, QueryEngine};
 pub use error::{Error, Result};
-pub use executor::{ExecutorConfig, QueryControl};
+pub use executor::{ExecutorConfig, QueryControl, StoreSql};
 pub use limits::StatementLimits;
 pub use params::Parameter;
 pub use provider::ReadThrough;

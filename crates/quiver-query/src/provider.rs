@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+
+use crate::executor::StoreSql;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
@@ -431,6 +433,9 @@ impl ExecutionPlan for StoreScanExec {
         let params = scan.params.clone();
         let schema = Arc::clone(&self.schema);
         let through = context.session_config().get_extension::<ReadsThrough>();
+        if let Some(store_sql) = context.session_config().get_extension::<StoreSql>() {
+            store_sql.push(&sql);
+        }
         let parent = context
             .session_config()
             .get_extension::<QuerySpan>()

@@ -176,7 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// `quiver serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let config = args.with_file()?.resolve()?;
+    let config = crate::Config::load(args)?;
     let server = Server::open(config, progress_printer()).await?;
     let listeners = Listeners::bind(&server.config).await?;
     let shutdown = CancellationToken::new();

@@ -166,6 +166,19 @@ serve_args! {
     client_max_concurrent_queries: usize, env = "QUIVER_CLIENT_MAX_CONCURRENT_QUERIES";
     /// Subscriptions one principal may hold open [default: 1000].
     client_max_subscriptions: usize, env = "QUIVER_CLIENT_MAX_SUBSCRIPTIONS";
+    /// Log filter, `QUIVER_LOG` syntax (`info`, `quiver_server=debug,warn`); changed
+    /// live on SIGHUP [default: QUIVER_LOG, else info].
+    log: String, env = "QUIVER_LOG_FILTER";
+    /// A query taking at least this long is logged and kept in system.slow_queries;
+    /// changed live [default: 1000].
+    slow_query_ms: u64, env = "QUIVER_SLOW_QUERY_MS";
+    /// Queries kept in system.queries; changed live [default: 1000].
+    query_history: usize, env = "QUIVER_QUERY_HISTORY";
+    /// Slow queries kept in system.slow_queries; changed live [default: 1000].
+    slow_query_history: usize, env = "QUIVER_SLOW_QUERY_HISTORY";
+    /// Directory the admin backup call writes SQLite backups into (the call names a
+    /// file in it); unset, backups are refused.
+    backup_dir: PathBuf, env = "QUIVER_BACKUP_DIR";
 }
 
 /// Whether clients must present a certificate.
@@ -245,6 +258,15 @@ pub struct Config {
     pub max_query_parameter_rows: usize,
     /// Authentication, TLS and per-principal limits.
     pub security: SecurityConfig,
+    /// Query history and the slow-query log (changed live).
+    pub history: crate::history::HistoryConfig,
+    /// The log filter to apply (changed live); `None` keeps the one of the start.
+    pub log: Option<String>,
+    /// Where admin backups go.
+    pub backup_dir: Option<PathBuf>,
+    /// The settings as given on the command line and in the environment, before the
+    /// file: what a reload merges the re-read file under.
+    pub args: ServeArgs,
 }
 
 /// Limits and retention of the write path.
@@ -292,6 +314,7 @@ impl ServeArgs {
 
     /// Applies the defaults and validates.
     pub fn resolve(self) -> Result<Config> {
+        let args = self.clone();
         let pool_defaults = PoolOptions::default();
         let sqlite_defaults = SqliteOptions::default();
         let engine_defaults = EngineConfig::default();
@@ -438,6 +461,14 @@ impl ServeArgs {
                         .map_or(executor_defaults.queue_timeout, Duration::from_millis),
                 },
             },
+            history: crate::history::HistoryConfig {
+                capacity: self.query_history.unwrap_or(1000),
+                slow_capacity: self.slow_query_history.unwrap_or(1000),
+                slow_threshold: Duration::from_millis(self.slow_query_ms.unwrap_or(1000)),
+            },
+            log: self.log,
+            backup_dir: self.backup_dir,
+            args,
         };
         config.validate()?;
         Ok(config)
@@ -445,9 +476,160 @@ impl ServeArgs {
 }
 
 impl Config {
+    /// The configuration `args` (flags and environment) give with the file they name
+    /// under them, resolved and validated.
+    pub fn load(args: ServeArgs) -> Result<Config> {
+        let given = args.clone();
+        let mut config = args.with_file()?.resolve()?;
+        config.args = given;
+        Ok(config)
+    }
+
+    /// The configuration read again: the file re-read under the same flags and
+    /// environment (SIGHUP).
+    pub fn reload(&self) -> Result<Config> {
+        Config::load(self.args.clone())
+    }
+
+    /// The effective settings by config key, with whether each changes on reload.
+    pub fn settings(&self) -> Vec<(String, String, bool)> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let optional = |v: Option<String>| v.unwrap_or_default();
+        let pool = &self.store.pool;
+        let executor = &self.engine.executor;
+        let limits = &self.security.client_limits;
+        let rows: Vec<(&str, String, bool)> = vec![
+            ("db", redact_url(&self.db), false),
+            ("grpc_addr", self.grpc_addr.to_string(), false),
+            ("http_addr", self.http_addr.to_string(), false),
+            ("demo", self.demo.to_string(), false),
+            ("batch_size", self.store.batch_size.to_string(), false),
+            ("pool_max_size", pool.max_size.to_string(), false),
+            ("pool_min_idle", pool.min_idle.to_string(), false),
+            ("pool_acquire_timeout_ms", ms(pool.acquire_timeout), false),
+            (
+                "memory_limit_mb",
+                optional(self.engine.memory_limit.map(|b| (b >> 20).to_string())),
+                false,
+            ),
+            (
+                "target_partitions",
+                self.engine.target_partitions.to_string(),
+                false,
+            ),
+            (
+                "max_concurrent_queries",
+                executor.max_concurrent.to_string(),
+                false,
+            ),
+            ("query_queue_timeout_ms", ms(executor.queue_timeout), false),
+            (
+                "query_timeout_s",
+                optional(executor.timeout.map(|t| t.as_secs().to_string())),
+                false,
+            ),
+            (
+                "max_statement_kb",
+                (self.engine.limits.max_bytes / 1024).to_string(),
+                false,
+            ),
+            (
+                "max_message_size_mb",
+                (self.max_message_size >> 20).to_string(),
+                false,
+            ),
+            ("max_mutation_rows", self.writes.max_rows.to_string(), false),
+            (
+                "max_mutation_size_mb",
+                (self.writes.max_request_bytes >> 20).to_string(),
+                false,
+            ),
+            (
+                "change_log_retention_h",
+                (self.writes.change_log_retention.as_secs() / 3600).to_string(),
+                false,
+            ),
+            (
+                "transaction_idle_timeout_s",
+                self.writes.transaction_idle_timeout.as_secs().to_string(),
+                false,
+            ),
+            (
+                "max_subscribers",
+                self.subscriptions.max_subscribers.to_string(),
+                false,
+            ),
+            (
+                "auth",
+                match self.security.auth {
+                    Some(crate::auth::AuthMode::None) => "none".to_owned(),
+                    Some(crate::auth::AuthMode::On) => "on".to_owned(),
+                    None => String::new(),
+                },
+                false,
+            ),
+            (
+                "auth_file",
+                optional(
+                    self.security
+                        .auth_file
+                        .as_ref()
+                        .map(|p| p.display().to_string()),
+                ),
+                true,
+            ),
+            ("tls", self.security.tls.is_some().to_string(), true),
+            (
+                "client_rate_limit_rps",
+                limits.rate_per_second.to_string(),
+                false,
+            ),
+            (
+                "client_max_concurrent_queries",
+                limits.max_queries.to_string(),
+                false,
+            ),
+            (
+                "client_max_subscriptions",
+                limits.max_subscriptions.to_string(),
+                false,
+            ),
+            (
+                "log",
+                self.log
+                    .clone()
+                    .unwrap_or_else(crate::telemetry::log_filter),
+                true,
+            ),
+            ("slow_query_ms", ms(self.history.slow_threshold), true),
+            ("query_history", self.history.capacity.to_string(), true),
+            (
+                "slow_query_history",
+                self.history.slow_capacity.to_string(),
+                true,
+            ),
+            (
+                "backup_dir",
+                optional(self.backup_dir.as_ref().map(|p| p.display().to_string())),
+                false,
+            ),
+        ];
+        rows.into_iter()
+            .map(|(name, value, live)| (name.to_owned(), value, live))
+            .collect()
+    }
+
     /// Checks that the settings make sense together.
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(Error::Config(message));
+        if let Some(filter) = &self.log
+            && let Err(err) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            return fail(format!("log filter {filter:?} does not parse: {err}"));
+        }
+        if self.history.capacity > 1_000_000 || self.history.slow_capacity > 1_000_000 {
+            return fail("query_history and slow_query_history must be at most 1000000".to_owned());
+        }
         quiver_storage::StoreLocation::parse(&self.db)
             .map_err(|err| Error::Config(err.to_string()))?;
         if self.store.pool.max_size == 0 {
@@ -636,5 +818,19 @@ mod tests {
             err.to_string().contains("unsupported database URL"),
             "{err}"
         );
+    }
+}
+
+/// A database URL with its password hidden.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }

@@ -47,6 +47,7 @@ use arrow_flight::{
 use bytes::Bytes;
 use futures::Stream;
 use prost::Message;
+use quiver_query::system::Viewer;
 use quiver_query::{CATALOG_NAME, QueryEngine};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -57,6 +58,7 @@ use self::metadata::{KeyFilter, SQL_INFO};
 use crate::auth::{self, Auth, Role};
 use crate::connection::connection_of;
 use crate::error::{Error, Result};
+use crate::history::QueryLog;
 use crate::subscriptions::{self, Hub};
 use crate::writes::{StatementKind, Writer, statement_kind};
 
@@ -74,6 +76,7 @@ pub struct QuiverFlightSqlService {
     subscriptions: Arc<Hub>,
     queries: Arc<Queries>,
     auth: Arc<Auth>,
+    history: Arc<QueryLog>,
     max_flight_data_size: usize,
     max_query_parameter_rows: usize,
 }
@@ -87,6 +90,7 @@ impl QuiverFlightSqlService {
         writer: Arc<Writer>,
         subscriptions: Arc<Hub>,
         auth: Arc<Auth>,
+        history: Arc<QueryLog>,
         max_flight_data_size: usize,
         max_query_parameter_rows: usize,
     ) -> Self {
@@ -96,6 +100,7 @@ impl QuiverFlightSqlService {
             subscriptions,
             queries: Arc::new(Queries::default()),
             auth,
+            history,
             max_flight_data_size,
             max_query_parameter_rows,
         }
@@ -156,8 +161,30 @@ impl QuiverFlightSqlService {
         let owner = connection_of(request);
         // One of the principal's query slots, held until the stream ends.
         crate::auth::layer::hold_query(request).await?;
-        let batches = self.run_statement(handle, owner).await?;
-        Ok(Response::new(self.stream(batches)))
+        let principal = auth::principal_of(request)?;
+        let viewer = Arc::new(Viewer {
+            principal: principal.to_string(),
+            sees_all: principal.role >= auth::Role::Admin,
+        });
+        let client = request
+            .extensions()
+            .get::<crate::connection::ConnectInfo>()
+            .and_then(|info| info.remote)
+            .map(|addr| addr.ip().to_string())
+            .unwrap_or_default();
+        let mut tracker = self
+            .history
+            .start("flight", &handle.sql, principal.to_string(), client);
+        match self
+            .run_statement(handle, owner, viewer, &mut tracker)
+            .await
+        {
+            Ok(batches) => Ok(Response::new(self.stream(batches, Some(tracker)))),
+            Err(err) => {
+                tracker.finish(crate::error::code_of(&err), Some(err.to_string()));
+                Err(err.into())
+            }
+        }
     }
 
     /// One metadata batch as the whole answer.
@@ -502,6 +529,7 @@ impl FlightSqlService for QuiverFlightSqlService {
             query,
             CATALOG_NAME,
             &self.engine.catalog(),
+            &self.engine.system_tables(),
         ))
     }
 

@@ -42,6 +42,8 @@ pub struct HttpState {
     pub subscriptions: Arc<crate::subscriptions::Hub>,
     /// The write path, for its metrics.
     pub writer: Arc<crate::writes::Writer>,
+    /// The query history queries are recorded in.
+    pub history: Arc<crate::history::QueryLog>,
     /// The supervised background tasks, for readiness.
     pub tasks: Arc<crate::supervise::Tasks>,
 }
@@ -270,6 +272,7 @@ fn rejection_response(rejection: BytesRejection) -> Response {
 #[tracing::instrument(name = "http.query", skip_all, fields(db.query.text = tracing::field::Empty))]
 async fn query(
     State(state): State<HttpState>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -315,15 +318,44 @@ async fn query(
     {
         return error_response(err);
     }
-    let mut batches = match state.engine.sql(&request.sql).await {
+    let principal = extensions
+        .get::<crate::auth::Principal>()
+        .cloned()
+        .unwrap_or_else(crate::auth::Principal::anonymous);
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<crate::listen::Peer>>()
+        .and_then(|peer| peer.0.remote)
+        .map(|addr| addr.ip().to_string())
+        .unwrap_or_default();
+    let mut tracker = state
+        .history
+        .start("http", &request.sql, principal.to_string(), client);
+    let failed = |tracker: crate::history::Tracker, err: Error| {
+        tracker.finish(code_of(&err), Some(err.to_string()));
+        error_response(err)
+    };
+    let query = match state.engine.prepare(&request.sql).await {
+        Ok(query) => query,
+        Err(err) => return failed(tracker, err.into()),
+    };
+    tracker.planned();
+    let control = quiver_query::QueryControl {
+        viewer: Some(Arc::new(quiver_query::system::Viewer {
+            principal: principal.to_string(),
+            sees_all: principal.role >= crate::auth::Role::Admin,
+        })),
+        store_sql: tracker.store_sql(),
+        ..Default::default()
+    };
+    let mut batches = match state.engine.execute_with(&query, Vec::new(), control).await {
         Ok(batches) => batches,
-        Err(err) => return error_response(err.into()),
+        Err(err) => return failed(tracker, err.into()),
     };
     // The status is sent with the first batch: an error before it (a failed or timed
     // out aggregate) is still a JSON error with its own status.
     let schema = batches.schema();
     let first = match batches.next().await {
-        Some(Err(err)) => return error_response(Error::Query(err.into())),
+        Some(Err(err)) => return failed(tracker, Error::Query(err.into())),
         first => first,
     };
     let batches: SendableRecordBatchStream = Box::pin(
@@ -336,7 +368,7 @@ async fn query(
         Format::Array => "application/json",
         Format::Lines => "application/x-ndjson",
     };
-    let mut response = Response::new(Body::from_stream(encode_json(batches, format)));
+    let mut response = Response::new(Body::from_stream(encode_json(batches, format, tracker)));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -347,6 +379,7 @@ async fn query(
 fn encode_json(
     mut batches: SendableRecordBatchStream,
     format: Format,
+    mut tracker: crate::history::Tracker,
 ) -> ReceiverStream<Result<Bytes, std::io::Error>> {
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     let span = tracing::debug_span!("http.query.stream");
@@ -370,6 +403,10 @@ fn encode_json(
                     next = batches.next() => next,
                 };
                 let finished = next.is_none();
+                let rows = match &next {
+                    Some(Ok(batch)) => batch.num_rows() as u64,
+                    _ => 0,
+                };
                 let encoded = tokio::task::spawn_blocking(move || {
                     let result = match (&mut writer, next) {
                         (Writer::Array(w), Some(Ok(batch))) => w.write(&batch),
@@ -401,14 +438,17 @@ fn encode_json(
                     Ok(chunk) => chunk,
                     Err(err) => {
                         tracing::warn!(error = %err, "query failed while streaming JSON");
+                        tracker.finish(Code::Internal, Some(err.to_string()));
                         let _ = sender.send(Err(io_error(err.to_string()))).await;
                         return;
                     }
                 };
+                tracker.sent(rows, chunk.len() as u64);
                 if !chunk.is_empty() && sender.send(Ok(Bytes::from(chunk))).await.is_err() {
                     return;
                 }
                 if finished {
+                    tracker.finish(Code::Ok, None);
                     return;
                 }
             }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod flight;
+pub mod history;
 pub mod http;
 pub mod ipc;
 pub mod listen;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod mutations;
 pub mod subscriptions;
 pub mod supervise;
+pub mod system;
 pub mod telemetry;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
@@ -299,10 +301,19 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         config.subscriptions.clone(),
         shutdown.child_token(),
     ));
+    let history = Arc::new(history::QueryLog::new(config.history));
+    let settings: system::Settings = Arc::new(std::sync::RwLock::new(config.settings()));
+    system::register(&server.engine, &server.writer, &hub, &history, &settings)?;
+    if let Some(filter) = &config.log
+        && let Err(err) = telemetry::set_log_filter(filter)
+    {
+        tracing::warn!(error = %err, "the configured log filter is not applied");
+    }
     let flight = QuiverFlightSqlService::new(
         Arc::clone(&server.writer),
         Arc::clone(&hub),
         Arc::clone(&server.auth),
+        Arc::clone(&history),
         config.max_flight_data_size,
         config.max_query_parameter_rows,
     );
@@ -401,6 +412,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
             engine: Arc::clone(&server.engine),
             subscriptions: Arc::clone(&hub),
             writer: Arc::clone(&server.writer),
+            history: Arc::clone(&history),
             tasks: Arc::clone(&tasks),
         },
         gate,

@@ -216,8 +216,11 @@ pub fn schemas(
 ) -> Result<RecordBatch> {
     let mut builder = query.into_builder();
     for schema in &catalog.schemas {
-        builder.append(catalog_name, &schema.name);
+        if schema.name != quiver_query::system::SYSTEM_SCHEMA {
+            builder.append(catalog_name, &schema.name);
+        }
     }
+    builder.append(catalog_name, quiver_query::system::SYSTEM_SCHEMA);
     Ok(builder.build()?)
 }
 
@@ -226,9 +229,22 @@ pub fn tables(
     query: CommandGetTables,
     catalog_name: &str,
     catalog: &Catalog,
+    system: &[(String, arrow::datatypes::SchemaRef)],
 ) -> Result<RecordBatch> {
     let mut builder = query.into_builder();
+    for (name, schema) in system {
+        builder.append(
+            catalog_name,
+            quiver_query::system::SYSTEM_SCHEMA,
+            name,
+            "SYSTEM TABLE",
+            schema,
+        )?;
+    }
     for table in catalog.tables() {
+        if table.schema == quiver_query::system::SYSTEM_SCHEMA {
+            continue;
+        }
         let schema = table_schema(catalog_name, table);
         builder.append(
             catalog_name,
@@ -244,6 +260,7 @@ pub fn tables(
 /// The `GetTableTypes` rows.
 pub fn table_types(query: CommandGetTableTypes) -> Result<RecordBatch> {
     let mut builder = query.into_builder();
+    builder.append("SYSTEM TABLE");
     builder.append("TABLE");
     builder.append("VIEW");
     Ok(builder.build()?)

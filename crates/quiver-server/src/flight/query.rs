@@ -22,11 +22,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quiver_query::system::Viewer;
+
 use super::cancel::{Queries, Running};
 use super::handle::StatementHandle;
 use super::{DoGetStream, QuiverFlightSqlService};
 use crate::connection::ConnectionId;
 use crate::error::{Error, Result};
+use crate::history::Tracker;
 
 /// Batches encoded ahead of the client per stream.
 const STREAM_BUFFER: usize = 2;
@@ -85,19 +90,24 @@ impl QuiverFlightSqlService {
         &self,
         handle: StatementHandle,
         owner: Option<ConnectionId>,
+        viewer: Arc<Viewer>,
+        tracker: &mut Tracker,
     ) -> Result<SendableRecordBatchStream> {
         let through = self
             .writer
             .reads_through(handle.transaction_id.as_ref(), owner)
             .await?;
-        let (control, running) = match handle.query_id {
+        let (mut control, running) = match handle.query_id {
             Some(id) => {
                 let (control, running) = self.queries.start(id)?;
                 (control, Some(running))
             }
             None => (QueryControl::default(), None),
         };
+        control.viewer = Some(viewer);
+        control.store_sql = tracker.store_sql();
         let query = self.engine.prepare(&handle.sql).await?;
+        tracker.planned();
         let rows = self.bound_rows(&handle)?;
         if rows.len() == 1 {
             let params = rows.into_iter().next().expect("one row");
@@ -166,10 +176,20 @@ impl QuiverFlightSqlService {
             .collect()
     }
 
-    /// Encodes batches as Flight data on a task of their own, a few batches ahead.
-    pub(super) fn stream(&self, batches: SendableRecordBatchStream) -> DoGetStream {
+    /// Encodes batches as Flight data on a task of their own, a few batches ahead;
+    /// a query's `tracker` learns the rows and bytes sent and how the stream ended.
+    pub(super) fn stream(
+        &self,
+        batches: SendableRecordBatchStream,
+        mut tracker: Option<Tracker>,
+    ) -> DoGetStream {
         let schema = batches.schema();
+        let rows = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&rows);
         let source = batches
+            .inspect_ok(move |batch| {
+                counted.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            })
             .map_err(|err| FlightError::Tonic(Box::new(Status::from(Error::Query(err.into())))));
         let mut encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -194,11 +214,28 @@ impl QuiverFlightSqlService {
                     FlightError::Tonic(status) => *status,
                     other => crate::error::status(tonic::Code::Internal, other.to_string()),
                 });
+                match (&item, tracker.as_mut()) {
+                    (Ok(data), Some(tracker)) => tracker.sent(
+                        rows.swap(0, Ordering::Relaxed),
+                        (data.data_header.len() + data.data_body.len()) as u64,
+                    ),
+                    (Err(status), Some(_)) => {
+                        if let Some(tracker) = tracker.take() {
+                            tracker.finish(status.code(), Some(status.message().to_owned()));
+                        }
+                    }
+                    (_, None) => {}
+                }
                 let failed = item.is_err();
                 if sender.send(item).await.is_err() || failed {
                     break;
                 }
                 messages += 1;
+            }
+            if let Some(tracker) = tracker
+                && !sender.is_closed()
+            {
+                tracker.finish(tonic::Code::Ok, None);
             }
             tracing::Span::current().record("messages", messages);
         };
@@ -212,7 +249,10 @@ impl QuiverFlightSqlService {
     pub(super) fn stream_batch(&self, batch: RecordBatch) -> DoGetStream {
         let schema = batch.schema();
         let batches = futures::stream::iter([Ok(batch)]);
-        self.stream(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+        self.stream(
+            Box::pin(RecordBatchStreamAdapter::new(schema, batches)),
+            None,
+        )
     }
 }
 

@@ -38,6 +38,17 @@ pub(super) struct TransactionSlot {
     pub(super) last_used: Mutex<Instant>,
 }
 
+/// An open transaction as `system.transactions` shows it.
+#[derive(Debug, Clone)]
+pub struct TransactionState {
+    /// The connection it belongs to (`c12`).
+    pub connection: String,
+    /// Since its last statement.
+    pub idle: std::time::Duration,
+    /// Whether a statement runs in it now.
+    pub in_use: bool,
+}
+
 /// Most transactions one connection (and principal) may hold open.
 const MAX_TRANSACTIONS_PER_CONNECTION: usize = 64;
 /// Most transactions open on the server.
@@ -178,6 +189,24 @@ impl Writer {
             tracing::info!(connection = %owner, transactions = ended.len(), "transactions of a closed session rolled back");
         }
         ended.len()
+    }
+
+    /// The open Flight SQL transactions: whose connection, idle how long, and whether
+    /// a statement is running in one now.
+    pub fn transactions(&self) -> Vec<TransactionState> {
+        let transactions = self.transactions.lock().expect("never poisoned");
+        let mut open: Vec<TransactionState> = transactions
+            .values()
+            .map(|slot| TransactionState {
+                connection: slot
+                    .owner
+                    .map_or_else(|| "-".to_owned(), |owner| owner.to_string()),
+                idle: slot.last_used.lock().expect("never poisoned").elapsed(),
+                in_use: slot.state.try_lock().is_err(),
+            })
+            .collect();
+        open.sort_by(|a, b| b.idle.cmp(&a.idle));
+        open
     }
 
     /// Open Flight SQL transactions.
