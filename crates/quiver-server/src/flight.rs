@@ -77,6 +77,7 @@ pub struct QuiverFlightSqlService {
     queries: Arc<Queries>,
     auth: Arc<Auth>,
     history: Arc<QueryLog>,
+    admin: Arc<crate::admin::Admin>,
     max_flight_data_size: usize,
     max_query_parameter_rows: usize,
 }
@@ -91,6 +92,7 @@ impl QuiverFlightSqlService {
         subscriptions: Arc<Hub>,
         auth: Arc<Auth>,
         history: Arc<QueryLog>,
+        admin: Arc<crate::admin::Admin>,
         max_flight_data_size: usize,
         max_query_parameter_rows: usize,
     ) -> Self {
@@ -101,6 +103,7 @@ impl QuiverFlightSqlService {
             queries: Arc::new(Queries::default()),
             auth,
             history,
+            admin,
             max_flight_data_size,
             max_query_parameter_rows,
         }
@@ -699,6 +702,19 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         let owner = connection_of(&request);
+        if let Some(operation) = request
+            .get_ref()
+            .r#type
+            .strip_prefix(crate::admin::ACTION_PREFIX)
+        {
+            auth::principal_of(&request)?.require(Role::Admin, "run admin operations")?;
+            let operation = operation.to_owned();
+            let answer = self.admin.run(&operation, &request.get_ref().body).await?;
+            let result = arrow_flight::Result {
+                body: answer.to_string().into(),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))));
+        }
         let body = self.custom_action(request.into_inner(), owner).await?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))

@@ -22,6 +22,7 @@
 //! - [`ipc`]: Arrow IPC streams from clients, checked before they are read.
 //! - `test_utils` (feature `test-utils`): a `TestServer` on ephemeral ports.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -221,8 +222,14 @@ fn accepted(
         .map(move |(io, peer)| Ok(connections.track(io, peer)))
 }
 
-/// Reloads the auth file and the TLS certificate on SIGHUP, until `shutdown`.
-async fn reload_on_hangup(auth: Arc<Auth>, tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
+/// Reloads the configuration's live settings, the auth file and the TLS certificate
+/// on SIGHUP, until `shutdown`.
+async fn reload_on_hangup(
+    admin: Arc<admin::Admin>,
+    auth: Arc<Auth>,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) {
     #[cfg(unix)]
     {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -237,6 +244,12 @@ async fn reload_on_hangup(auth: Arc<Auth>, tls: Option<Arc<Tls>>, shutdown: Canc
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = hangup.recv() => {}
+            }
+            match admin.reload() {
+                Ok(outcome) => tracing::info!(%outcome, "SIGHUP: configuration reloaded"),
+                Err(err) => {
+                    tracing::error!(error = %err, "SIGHUP: the configuration does not load; keeping the previous one")
+                }
             }
             match auth.reload() {
                 Ok(()) => tracing::info!("SIGHUP: auth file reloaded"),
@@ -256,7 +269,7 @@ async fn reload_on_hangup(auth: Arc<Auth>, tls: Option<Arc<Tls>>, shutdown: Canc
     }
     #[cfg(not(unix))]
     {
-        let _ = (auth, tls);
+        let _ = (admin, auth, tls);
         shutdown.cancelled().await;
     }
 }
@@ -309,11 +322,18 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     {
         tracing::warn!(error = %err, "the configured log filter is not applied");
     }
+    let admin = Arc::new(admin::Admin::new(
+        Arc::clone(&server.writer),
+        Arc::clone(&history),
+        Arc::clone(&settings),
+        config.clone(),
+    ));
     let flight = QuiverFlightSqlService::new(
         Arc::clone(&server.writer),
         Arc::clone(&hub),
         Arc::clone(&server.auth),
         Arc::clone(&history),
+        Arc::clone(&admin),
         config.max_flight_data_size,
         config.max_query_parameter_rows,
     );
@@ -361,6 +381,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         limits: Arc::new(ClientLimits::new(config.security.client_limits.clone())),
     };
     tokio::spawn(reload_on_hangup(
+        Arc::clone(&admin),
         Arc::clone(&server.auth),
         server.tls.clone(),
         shutdown.clone(),

@@ -246,6 +246,32 @@ impl Store {
         }
     }
 
+    /// Copies a SQLite database to `path` with the online backup API (readers and the
+    /// writer go on meanwhile), then checks the copy: its `integrity_check` answer and
+    /// page count. `None` for a store that is not SQLite.
+    pub async fn backup_sqlite(&self, path: PathBuf) -> Result<Option<(String, i64)>> {
+        let Backend::Sqlite(store) = &*self.backend else {
+            return Ok(None);
+        };
+        store
+            .read(move |conn| {
+                conn.backup(
+                    rusqlite::MAIN_DB,
+                    &path,
+                    None::<fn(rusqlite::backup::Progress)>,
+                )?;
+                let copy = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                let check: String =
+                    copy.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+                let pages: i64 = copy.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                Ok(Some((check, pages)))
+            })
+            .await
+    }
+
     /// Checks that the store answers.
     pub async fn ping(&self) -> Result<()> {
         match &*self.backend {

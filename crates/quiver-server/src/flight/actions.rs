@@ -149,4 +149,16 @@ pub(super) fn custom_action_types() -> Vec<ActionType> {
              for DoGet.",
         ),
     ]
+    .into_iter()
+    .chain(
+        crate::admin::OPERATIONS
+            .iter()
+            .map(|(operation, description)| {
+                describe(
+                    &format!("{}{operation}", crate::admin::ACTION_PREFIX),
+                    &format!("Admin: {description}. Answers JSON."),
+                )
+            }),
+    )
+    .collect()
 }

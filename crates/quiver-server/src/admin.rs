@@ -1,0 +1,292 @@
+//! Maintenance and live settings, for principals with the admin role: Flight actions
+//! `quiver.admin.<operation>` whose body is a JSON object of arguments (or empty) and
+//! whose one result is a JSON object `{"operation", "result", "duration_ms"}`.
+//!
+//! | operation | arguments | does |
+//! |---|---|---|
+//! | `analyze` | | refreshes the store's planner statistics |
+//! | `vacuum` | | reclaims space (SQLite rewrites the file; PostgreSQL `VACUUM`) |
+//! | `reindex` | | rebuilds every index |
+//! | `checkpoint` | | SQLite: writes the WAL back into the database and truncates it |
+//! | `backup` | `{"file": "name.db"}` | SQLite: online backup into `backup_dir`, checked |
+//! | `prune_change_log` | | drops commits and idempotency keys past retention now |
+//! | `config` | | the effective settings |
+//! | `reload_config` | | re-reads the config file, applies what changes live |
+//! | `set_log_filter` | `{"filter": "info,quiver_server=debug"}` | changes the log filter |
+//! | `set_slow_query_ms` | `{"ms": 250}` | changes the slow-query threshold |
+//!
+//! Settings changed by a call last until the next reload or restart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_storage::Dialect;
+use serde_json::{Value as Json, json};
+
+use crate::Config;
+use crate::error::{Error, Result};
+use crate::history::QueryLog;
+use crate::system::Settings;
+use crate::writes::Writer;
+
+/// The prefix of the admin Flight actions.
+pub const ACTION_PREFIX: &str = "quiver.admin.";
+
+/// The operations, with what each does (for `ListActions`).
+pub const OPERATIONS: &[(&str, &str)] = &[
+    (
+        "analyze",
+        "Refresh the store's planner statistics (ANALYZE)",
+    ),
+    ("vacuum", "Reclaim space (VACUUM)"),
+    ("reindex", "Rebuild every index (REINDEX)"),
+    (
+        "checkpoint",
+        "SQLite: checkpoint and truncate the write-ahead log",
+    ),
+    (
+        "backup",
+        "SQLite: online backup to {\"file\": NAME} in backup_dir, integrity-checked",
+    ),
+    (
+        "prune_change_log",
+        "Drop change-log commits and idempotency keys past retention now",
+    ),
+    ("config", "The effective settings"),
+    (
+        "reload_config",
+        "Re-read the config file and apply the settings that change live",
+    ),
+    (
+        "set_log_filter",
+        "Change the log filter: {\"filter\": \"info\"}",
+    ),
+    (
+        "set_slow_query_ms",
+        "Change the slow-query threshold: {\"ms\": 1000}",
+    ),
+];
+
+/// Maintenance and live settings of one server.
+#[derive(Debug)]
+pub struct Admin {
+    writer: Arc<Writer>,
+    history: Arc<QueryLog>,
+    settings: Settings,
+    config: Mutex<Config>,
+}
+
+impl Admin {
+    /// The admin operations over `writer`'s store, with `config` in force.
+    pub fn new(
+        writer: Arc<Writer>,
+        history: Arc<QueryLog>,
+        settings: Settings,
+        config: Config,
+    ) -> Self {
+        Self {
+            writer,
+            history,
+            settings,
+            config: Mutex::new(config),
+        }
+    }
+
+    /// Runs `operation` with `args`; the JSON answer.
+    pub async fn run(&self, operation: &str, args: &[u8]) -> Result<Json> {
+        let args: Json = if args.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            serde_json::from_slice(args).map_err(|err| {
+                Error::InvalidRequest(format!(
+                    "the arguments of {operation} are not a JSON object: {err}"
+                ))
+            })?
+        };
+        let started = Instant::now();
+        let result = tracing::info_span!("admin", operation = %operation)
+            .in_scope(|| async { self.operation(operation, &args).await })
+            .await?;
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(operation, duration_ms, %result, "admin operation done");
+        Ok(json!({"operation": operation, "result": result, "duration_ms": duration_ms}))
+    }
+
+    async fn operation(&self, operation: &str, args: &Json) -> Result<Json> {
+        let store = self.writer.engine().store();
+        let dialect = store.dialect();
+        let script = |sql: String| async move {
+            store.execute_script(sql.clone()).await?;
+            Ok::<_, Error>(json!({"statements": sql}))
+        };
+        match operation {
+            "analyze" => script("ANALYZE".to_owned()).await,
+            "vacuum" => script("VACUUM".to_owned()).await,
+            "reindex" => match dialect {
+                Dialect::Sqlite => script("REINDEX".to_owned()).await,
+                Dialect::Postgres => {
+                    let catalog = self.writer.engine().catalog();
+                    let mut schemas: Vec<String> =
+                        catalog.schemas.iter().map(|s| s.name.clone()).collect();
+                    schemas.push("_quiver".to_owned());
+                    let sql: Vec<String> = schemas
+                        .iter()
+                        .map(|s| format!("REINDEX SCHEMA {}", dialect.quote_identifier(s)))
+                        .collect();
+                    script(sql.join(";\n")).await
+                }
+            },
+            "checkpoint" => match dialect {
+                Dialect::Sqlite => script("PRAGMA wal_checkpoint(TRUNCATE)".to_owned()).await,
+                Dialect::Postgres => Err(Error::FailedPrecondition(
+                    "checkpoint is for SQLite's write-ahead log; PostgreSQL checkpoints itself"
+                        .to_owned(),
+                )),
+            },
+            "backup" => self.backup(args).await,
+            "prune_change_log" => {
+                let pruned = self.writer.prune().await?;
+                Ok(json!({"commits_pruned": pruned}))
+            }
+            "config" => Ok(self.settings_json()),
+            "reload_config" => self.reload(),
+            "set_log_filter" => {
+                let filter = args["filter"].as_str().ok_or_else(|| {
+                    Error::InvalidRequest("set_log_filter takes {\"filter\": \"…\"}".to_owned())
+                })?;
+                crate::telemetry::set_log_filter(filter).map_err(Error::InvalidRequest)?;
+                let mut config = self.config.lock().expect("never poisoned");
+                config.log = Some(filter.to_owned());
+                *self.settings.write().expect("never poisoned") = config.settings();
+                Ok(json!({"log": filter}))
+            }
+            "set_slow_query_ms" => {
+                let ms = args["ms"].as_u64().ok_or_else(|| {
+                    Error::InvalidRequest("set_slow_query_ms takes {\"ms\": N} (N ≥ 0)".to_owned())
+                })?;
+                let mut config = self.config.lock().expect("never poisoned");
+                config.history.slow_threshold = Duration::from_millis(ms);
+                self.history.set_config(config.history);
+                *self.settings.write().expect("never poisoned") = config.settings();
+                Ok(json!({"slow_query_ms": ms}))
+            }
+            other => Err(Error::InvalidRequest(format!(
+                "unknown admin operation '{other}' (one of: {})",
+                OPERATIONS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// `backup {"file": NAME}`: an online copy of the SQLite database into the backup
+    /// directory, refused over an existing file, checked by `integrity_check`.
+    async fn backup(&self, args: &Json) -> Result<Json> {
+        let dir = self
+            .config
+            .lock()
+            .expect("never poisoned")
+            .backup_dir
+            .clone()
+            .ok_or_else(|| {
+                Error::FailedPrecondition("backups are off: configure backup_dir".to_owned())
+            })?;
+        let name = args["file"].as_str().ok_or_else(|| {
+            Error::InvalidRequest(
+                "backup takes {\"file\": \"NAME\"}, a file name in backup_dir".to_owned(),
+            )
+        })?;
+        let plain = !name.is_empty()
+            && name.len() <= 255
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !plain {
+            return Err(Error::InvalidRequest(format!(
+                "backup file {name:?}: a plain name of letters, digits, '.', '_' and '-' (not starting with '.')"
+            )));
+        }
+        let path: PathBuf = dir.join(name);
+        if path.exists() {
+            return Err(Error::AlreadyExists(format!(
+                "backup file {name} already exists in {}",
+                dir.display()
+            )));
+        }
+        let store = self.writer.engine().store();
+        let outcome = store.backup_sqlite(path.clone()).await;
+        let (check, pages) = match outcome {
+            Ok(Some(checked)) => checked,
+            Ok(None) => {
+                return Err(Error::FailedPrecondition(
+                    "backup is for SQLite; back PostgreSQL up with pg_dump or its own tools"
+                        .to_owned(),
+                ));
+            }
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(err.into());
+            }
+        };
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if check != "ok" {
+            return Err(Error::Internal(format!(
+                "the backup at {} does not pass the integrity check: {check}",
+                path.display()
+            )));
+        }
+        Ok(
+            json!({"path": path.display().to_string(), "integrity_check": check, "pages": pages, "bytes": bytes}),
+        )
+    }
+
+    fn settings_json(&self) -> Json {
+        let settings = self.settings.read().expect("never poisoned");
+        Json::Array(
+            settings
+                .iter()
+                .map(|(name, value, live)| json!({"name": name, "value": value, "changes_live": live}))
+                .collect(),
+        )
+    }
+
+    /// Re-reads the configuration (file under flags and environment) and applies what
+    /// changes live; a configuration that does not load changes nothing.
+    pub fn reload(&self) -> Result<Json> {
+        let mut current = self.config.lock().expect("never poisoned");
+        let new = current.reload()?;
+        let before = current.settings();
+        if let Some(filter) = &new.log
+            && Some(filter) != current.log.as_ref()
+        {
+            crate::telemetry::set_log_filter(filter).map_err(Error::Config)?;
+        }
+        self.history.set_config(new.history);
+        let after = new.settings();
+        let mut changed = Vec::new();
+        let mut at_restart = Vec::new();
+        for ((name, old, live), (_, value, _)) in before.iter().zip(&after) {
+            if old != value {
+                if *live {
+                    changed.push(name.clone());
+                } else {
+                    at_restart.push(name.clone());
+                }
+            }
+        }
+        if !at_restart.is_empty() {
+            tracing::warn!(settings = ?at_restart, "changed in the configuration; they take effect at restart");
+        }
+        // What the server runs with: the new live values, the old others.
+        let mut applied = current.clone();
+        applied.log = new.log.clone().or(applied.log);
+        applied.history = new.history;
+        *self.settings.write().expect("never poisoned") = applied.settings();
+        *current = applied;
+        Ok(json!({"changed": changed, "take_effect_at_restart": at_restart}))
+    }
+}
