@@ -3,7 +3,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["quiver/v1/mutations.proto", "quiver/v1/subscriptions.proto"];
+    let files = [
+        "quiver/v1/mutations.proto",
+        "quiver/v1/subscriptions.proto",
+        "quiver/v1/admin.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -43,7 +43,13 @@ class Server:
     `kind` is "sqlite" or "postgres"."""
 
     def __init__(
-        self, db_url: str, db_path: Path | None, schema: str, kind: str = "sqlite", extra_args=()
+        self,
+        db_url: str,
+        db_path: Path | None,
+        schema: str,
+        kind: str = "sqlite",
+        extra_args=(),
+        env: dict | None = None,
     ):
         self.db_url = db_url
         self.db_path = db_path
@@ -67,7 +73,7 @@ class Server:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "QUIVER_LOG": "info"},
+            env={**os.environ, "QUIVER_LOG": "info", **(env or {})},
         )
         self.log: list[str] = []
         for line in self.process.stderr:
@@ -157,9 +163,10 @@ class Database:
         self.truth_path = truth_path
         self.schema = schema
 
-    def server(self, extra_args=()) -> Server:
-        """Starts a `quiver serve` on this database (again, after a restart)."""
-        return Server(self.url, self.truth_path, self.schema, self.kind, extra_args)
+    def server(self, extra_args=(), env: dict | None = None) -> Server:
+        """Starts a `quiver serve` on this database (again, after a restart), with
+        `env` added to its environment."""
+        return Server(self.url, self.truth_path, self.schema, self.kind, extra_args, env)
 
 
 @contextlib.contextmanager
@@ -191,16 +198,16 @@ def fresh_database(kind: str, tmp_path_factory, *, sqlite_truth: bool = False):
 
 
 @contextlib.contextmanager
-def running_server(kind: str, tmp_path_factory, *, sqlite_truth: bool, extra_args=()):
+def running_server(kind: str, tmp_path_factory, *, sqlite_truth: bool, extra_args=(), env=None):
     """Starts `quiver serve --demo` over a fresh database of `kind` ("sqlite" or
     "postgres") and stops it afterwards, checking that it exits cleanly.
 
     With `sqlite_truth`, a PostgreSQL-backed server also gets a SQLite copy of the
     same demo at `db_path` (the truth read-only tests compare with); without it,
     `db_path` is None there and the truth is the PostgreSQL database itself.
-    `extra_args` are more `quiver serve` flags."""
+    `extra_args` are more `quiver serve` flags, `env` more environment variables."""
     with fresh_database(kind, tmp_path_factory, sqlite_truth=sqlite_truth) as database:
-        running = database.server(extra_args)
+        running = database.server(extra_args, env)
         try:
             yield running
         finally:

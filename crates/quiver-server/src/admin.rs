@@ -1,6 +1,8 @@
-//! Maintenance and live settings, for principals with the admin role: Flight actions
-//! `quiver.admin.<operation>` whose body is a JSON object of arguments (or empty) and
-//! whose one result is a JSON object `{"operation", "result", "duration_ms"}`.
+//! Maintenance and live settings, for principals with the admin role: the
+//! `quiver.v1.Admin` gRPC service ([`AdminService`], `proto/quiver/v1/admin.proto`),
+//! and Flight actions `quiver.admin.<operation>` whose body is a JSON object of
+//! arguments (or empty) and whose one result is a JSON object
+//! `{"operation", "result", "duration_ms"}`.
 //!
 //! | operation | arguments | does |
 //! |---|---|---|
@@ -21,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use quiver_proto::v1 as pb;
 use quiver_storage::Dialect;
 use serde_json::{Value as Json, json};
 
@@ -288,5 +291,91 @@ impl Admin {
         *self.settings.write().expect("never poisoned") = applied.settings();
         *current = applied;
         Ok(json!({"changed": changed, "take_effect_at_restart": at_restart}))
+    }
+}
+
+/// The `quiver.v1.Admin` gRPC service over [`Admin`].
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    admin: Arc<Admin>,
+}
+
+impl AdminService {
+    /// The service answering from `admin`.
+    pub fn new(admin: Arc<Admin>) -> Self {
+        Self { admin }
+    }
+
+    /// Runs `operation` for the caller of `request`, who must have the admin role.
+    async fn call<T>(
+        &self,
+        request: &tonic::Request<T>,
+        operation: &str,
+        args: Json,
+    ) -> std::result::Result<tonic::Response<pb::AdminResult>, tonic::Status> {
+        crate::auth::principal_of(request)?
+            .require(crate::auth::Role::Admin, "run admin operations")?;
+        let answer = self
+            .admin
+            .run(operation, args.to_string().as_bytes())
+            .await?;
+        Ok(tonic::Response::new(pb::AdminResult {
+            operation: operation.to_owned(),
+            result_json: answer["result"].to_string(),
+            duration_ms: answer["duration_ms"].as_f64().unwrap_or_default(),
+        }))
+    }
+}
+
+type Answer = std::result::Result<tonic::Response<pb::AdminResult>, tonic::Status>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn analyze(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "analyze", json!({})).await
+    }
+
+    async fn vacuum(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "vacuum", json!({})).await
+    }
+
+    async fn reindex(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "reindex", json!({})).await
+    }
+
+    async fn checkpoint(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "checkpoint", json!({})).await
+    }
+
+    async fn backup(&self, request: tonic::Request<pb::BackupRequest>) -> Answer {
+        let file = request.get_ref().file.clone();
+        self.call(&request, "backup", json!({"file": file})).await
+    }
+
+    async fn prune_change_log(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "prune_change_log", json!({})).await
+    }
+
+    async fn get_config(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "config", json!({})).await
+    }
+
+    async fn reload_config(&self, request: tonic::Request<pb::AdminRequest>) -> Answer {
+        self.call(&request, "reload_config", json!({})).await
+    }
+
+    async fn set_log_filter(&self, request: tonic::Request<pb::SetLogFilterRequest>) -> Answer {
+        let filter = request.get_ref().filter.clone();
+        self.call(&request, "set_log_filter", json!({"filter": filter}))
+            .await
+    }
+
+    async fn set_slow_query_threshold(
+        &self,
+        request: tonic::Request<pb::SetSlowQueryThresholdRequest>,
+    ) -> Answer {
+        let ms = request.get_ref().milliseconds;
+        self.call(&request, "set_slow_query_ms", json!({"ms": ms}))
+            .await
     }
 }

@@ -46,6 +46,7 @@ pub mod writes;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use quiver_proto::v1::admin_server::AdminServer;
 use quiver_proto::v1::mutations_server::MutationsServer;
 use quiver_proto::v1::subscriptions_server::SubscriptionsServer;
 use quiver_query::QueryEngine;
@@ -346,6 +347,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     let subscriptions = SubscriptionsServer::new(SubscriptionService::new(Arc::clone(&hub)))
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
+    let admin_service = AdminServer::new(admin::AdminService::new(Arc::clone(&admin)));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<FlightServiceServer<QuiverFlightSqlService>>()
@@ -355,6 +357,9 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         .await;
     health_reporter
         .set_serving::<SubscriptionsServer<SubscriptionService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<admin::AdminService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
@@ -416,6 +421,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         .add_service(flight)
         .add_service(mutations)
         .add_service(subscriptions)
+        .add_service(admin_service)
         .serve_with_incoming_shutdown(
             accepted(
                 listeners.grpc,

@@ -2,7 +2,7 @@
 //!
 //! [`GateLayer`] wraps the gRPC server: it authenticates each call (health is exempt,
 //! the Flight SQL handshake authenticates itself), checks the least role the service
-//! needs (Mutations: `write`; everything else: `read`; handlers check more where a
+//! needs (Mutations: `write`; Admin: `admin`; everything else: `read`; handlers check more where a
 //! statement needs it), applies the principal's rate and concurrency limits, puts the
 //! [`Principal`] in the request's extensions and names it in the call's span
 //! ([`crate::telemetry::observe`]). [`http_gate`] does the same for the HTTP routes it is put on.
@@ -247,6 +247,9 @@ fn classify(path: &str) -> Call {
     }
     if path.starts_with("/quiver.v1.Subscriptions/") {
         return Call::Subscription;
+    }
+    if path.starts_with("/quiver.v1.Admin/") {
+        return Call::Plain(Role::Admin);
     }
     Call::Plain(Role::Read)
 }
