@@ -26,6 +26,15 @@ cargo machete
 step "Python environment"
 scripts/python-env.sh
 
+step "promtool (checks of deploy/prometheus)"
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+promtool --version 2>&1 | sed -n 1p
+
 step "build the quiver binary and the Rust examples"
 cargo build --locked -p quiver-server --bin quiver
 cargo build --locked -p quiver-examples --bins
@@ -38,4 +47,4 @@ else
 fi
 
 step "Python client tests"
-QUIVER_BIN="$PWD/target/debug/quiver" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+QUIVER_BIN="$PWD/target/debug/quiver" QUIVER_REQUIRE_PROMTOOL=1 .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
