@@ -205,7 +205,7 @@ impl Writer {
                 in_use: slot.state.try_lock().is_err(),
             })
             .collect();
-        open.sort_by(|a, b| b.idle.cmp(&a.idle));
+        open.sort_by_key(|t| std::cmp::Reverse(t.idle));
         open
     }
 

@@ -37,7 +37,23 @@ async fn catalogs_schemas_and_table_types() {
     let info = client.get_table_types().await.unwrap();
     assert_eq!(
         rows_of(fetch(&mut client, info).await).await,
-        vec!["TABLE".to_owned(), "VIEW".to_owned()]
+        vec![
+            "SYSTEM TABLE".to_owned(),
+            "TABLE".to_owned(),
+            "VIEW".to_owned()
+        ]
+    );
+
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: Some("quiver".into()),
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(fetch(&mut client, info).await).await,
+        vec!["quiver | main".to_owned(), "quiver | system".to_owned()]
     );
 }
 
