@@ -18,13 +18,10 @@ table on stdout and progress lines on stderr.
 """
 
 import argparse
-import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,38 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 import adbc_driver_flightsql.dbapi as flight_sql  # noqa: E402
+from bench_server import Server, percentile  # noqa: E402
 from otlp_receiver import Receiver, compile_otlp_protos  # noqa: E402
 
 
 def progress(message):
     print(f"[observability] {message}", file=sys.stderr, flush=True)
-
-
-class Server:
-    def __init__(self, binary, db_path, env):
-        self.process = subprocess.Popen(
-            [binary, "serve", "--db", f"sqlite://{db_path}", "--grpc-addr", "127.0.0.1:0",
-             "--http-addr", "127.0.0.1:0"],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "QUIVER_LOG": "warn,quiver_server=info", **env},
-        )
-        for line in self.process.stderr:
-            match = re.search(r"serving grpc_addr=(\S+) http_addr=(\S+)", line)
-            if match:
-                self.grpc, self.http = match.group(1), match.group(2)
-                break
-        else:
-            raise RuntimeError("quiver serve exited before serving")
-        threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def percentile(samples, q):
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def timed(work):
@@ -97,7 +68,7 @@ def main():
             ("traced", traced),
             ("traced, unsampled", {**traced, "OTEL_TRACES_SAMPLER": "always_off"}),
         ]
-        servers = {name: Server(args.quiver, db_path, env) for name, env in setups}
+        servers = {name: Server(args.quiver, db_path, env=env) for name, env in setups}
         connections = {name: flight_sql.connect(f"grpc://{s.grpc}") for name, s in servers.items()}
         samples = {name: {"lookup": [], "scan": [], "scrape": []} for name, _ in setups}
         try:

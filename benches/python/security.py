@@ -23,7 +23,6 @@ Prints Markdown tables on stdout and progress lines on stderr.
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 import adbc_driver_flightsql.dbapi as flight_sql  # noqa: E402
+from bench_server import Server, percentile  # noqa: E402
 
 POINT_SQL = "SELECT * FROM tasks WHERE id = 1"  # set from --tasks in main()
 HEAVY_SQL = (
@@ -47,33 +47,6 @@ HEAVY_SQL = (
 
 def progress(message):
     print(f"[security] {message}", file=sys.stderr, flush=True)
-
-
-class Server:
-    def __init__(self, binary, db_path, *args):
-        self.process = subprocess.Popen(
-            [binary, "serve", "--db", f"sqlite://{db_path}", "--grpc-addr", "127.0.0.1:0",
-             "--http-addr", "127.0.0.1:0", *args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "QUIVER_LOG": "warn,quiver_server=info"},
-        )
-        for line in self.process.stderr:
-            match = re.search(r"serving grpc_addr=(\S+) http_addr=(\S+)", line)
-            if match:
-                self.grpc = match.group(1)
-                break
-        else:
-            raise RuntimeError("quiver serve exited before serving")
-        threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def percentile(samples, q):
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms(seconds):

@@ -18,6 +18,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -323,6 +324,8 @@ pub struct StoreScanExec {
     schema: SchemaRef,
     estimated_rows: Option<u64>,
     properties: Arc<PlanProperties>,
+    /// Rows read and time to the first batch, per partition (`EXPLAIN ANALYZE`).
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl StoreScanExec {
@@ -351,6 +354,7 @@ impl StoreScanExec {
             schema,
             estimated_rows,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -417,6 +421,10 @@ impl ExecutionPlan for StoreScanExec {
         Ok(self)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -451,8 +459,14 @@ impl ExecutionPlan for StoreScanExec {
                 None => store.query(sql, params, schema).await,
             }
         };
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let output_batches = MetricBuilder::new(&self.metrics).output_batches(partition);
         let batches = futures::stream::once(tracing::Instrument::instrument(read, parent))
             .try_flatten()
+            .inspect_ok(move |batch| {
+                output_rows.add(batch.num_rows());
+                output_batches.add(1);
+            })
             .map(|item| item.map_err(|err| DataFusionError::External(Box::new(err))));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),

@@ -133,11 +133,15 @@ impl Admin {
                     let mut schemas: Vec<String> =
                         catalog.schemas.iter().map(|s| s.name.clone()).collect();
                     schemas.push("_quiver".to_owned());
-                    let sql: Vec<String> = schemas
-                        .iter()
-                        .map(|s| format!("REINDEX SCHEMA {}", dialect.quote_identifier(s)))
-                        .collect();
-                    script(sql.join(";\n")).await
+                    // One by one: REINDEX SCHEMA refuses to run inside the transaction
+                    // PostgreSQL makes of several statements sent together.
+                    let mut done = Vec::new();
+                    for schema in schemas {
+                        let sql = format!("REINDEX SCHEMA {}", dialect.quote_identifier(&schema));
+                        store.execute_script(sql.clone()).await?;
+                        done.push(sql);
+                    }
+                    Ok(json!({"statements": done.join(";\n")}))
                 }
             },
             "checkpoint" => match dialect {
@@ -232,7 +236,12 @@ impl Admin {
             }
             Err(err) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(err.into());
+                // The store answered; the copy could not be written (a full disk, a
+                // directory gone or not writable): nothing a retry fixes.
+                return Err(Error::FailedPrecondition(format!(
+                    "the backup to {} failed: {err}",
+                    path.display()
+                )));
             }
         };
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

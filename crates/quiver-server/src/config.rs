@@ -627,6 +627,11 @@ impl Config {
         {
             return fail(format!("log filter {filter:?} does not parse: {err}"));
         }
+        if let Some(dir) = &self.backup_dir
+            && !dir.is_dir()
+        {
+            return fail(format!("backup_dir {} is not a directory", dir.display()));
+        }
         if self.history.capacity > 1_000_000 || self.history.slow_capacity > 1_000_000 {
             return fail("query_history and slow_query_history must be at most 1000000".to_owned());
         }

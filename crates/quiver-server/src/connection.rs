@@ -64,6 +64,15 @@ pub struct ConnectInfo {
     pub certificate: Option<Arc<str>>,
 }
 
+/// The client's IP address as text, from a request's extensions (empty when unknown).
+pub fn client_address(extensions: &http::Extensions) -> String {
+    extensions
+        .get::<ConnectInfo>()
+        .and_then(|info| info.remote)
+        .map(|addr| addr.ip().to_string())
+        .unwrap_or_default()
+}
+
 /// The connection a request came on, when it came over the network, and the principal
 /// it authenticated as.
 pub fn connection_of<T>(request: &tonic::Request<T>) -> Option<ConnectionId> {

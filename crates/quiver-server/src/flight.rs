@@ -146,13 +146,28 @@ impl QuiverFlightSqlService {
         crate::writes::guard::check_query(&handle.sql)?;
         let info =
             if statement_kind(&handle.sql, self.engine.store().dialect()) == StatementKind::Query {
-                self.statement_info(handle, request.into_inner()).await?
+                let sql = handle.sql.clone();
+                match self.statement_info(handle, request.get_ref().clone()).await {
+                    Ok(info) => info,
+                    Err(status) => {
+                        self.record_failure(&request, &sql, &status);
+                        return Err(status);
+                    }
+                }
             } else {
                 let principal = auth::principal_of(&request)?.clone();
                 self.update_info(&handle, request.into_inner(), owner, &principal)
                     .await?
             };
         Ok(Response::new(info))
+    }
+
+    /// Records in the query history a query that failed before it ran (planning).
+    fn record_failure<T>(&self, request: &Request<T>, sql: &str, status: &Status) {
+        let (principal, client) = who(request);
+        self.history
+            .start("flight", sql, principal, client)
+            .finish(status.code(), Some(status.message().to_owned()));
     }
 
     /// Runs a statement handle for the connection `owner` and streams its result.
@@ -169,15 +184,8 @@ impl QuiverFlightSqlService {
             principal: principal.to_string(),
             sees_all: principal.role >= auth::Role::Admin,
         });
-        let client = request
-            .extensions()
-            .get::<crate::connection::ConnectInfo>()
-            .and_then(|info| info.remote)
-            .map(|addr| addr.ip().to_string())
-            .unwrap_or_default();
-        let mut tracker = self
-            .history
-            .start("flight", &handle.sql, principal.to_string(), client);
+        let (principal, client) = who(request);
+        let mut tracker = self.history.start("flight", &handle.sql, principal, client);
         match self
             .run_statement(handle, owner, viewer, &mut tracker)
             .await
@@ -197,6 +205,17 @@ impl QuiverFlightSqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         Ok(Response::new(self.stream_batch(batch?)))
     }
+}
+
+/// The principal and client address of a request, as the query history names them.
+fn who<T>(request: &Request<T>) -> (String, String) {
+    let principal = auth::principal_of(request)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    (
+        principal,
+        crate::connection::client_address(request.extensions()),
+    )
 }
 
 fn schema_bytes(schema: &Schema) -> Result<Bytes> {
@@ -351,11 +370,14 @@ impl FlightSqlService for QuiverFlightSqlService {
         crate::writes::guard::check_query(&handle.sql)?;
         let (dataset, parameters) =
             if statement_kind(&handle.sql, self.engine.store().dialect()) == StatementKind::Query {
-                let prepared = self
-                    .engine
-                    .prepare(&handle.sql)
-                    .await
-                    .map_err(Error::from)?;
+                let prepared = match self.engine.prepare(&handle.sql).await {
+                    Ok(prepared) => prepared,
+                    Err(err) => {
+                        let status = Status::from(Error::from(err));
+                        self.record_failure(&request, &handle.sql, &status);
+                        return Err(status);
+                    }
+                };
                 (prepared.schema(), prepared.parameter_schema())
             } else {
                 // Run on the store as written; nothing to plan. The parameters take their

@@ -6,7 +6,9 @@
 //! text format (`promtool`, older agents) get it without exemplars ([`render`]).
 //! Names follow the OpenTelemetry semantic conventions where one exists
 //! (`rpc.server.call.duration` → `rpc_server_call_duration_seconds`,
-//! `db.client.connection.count`, …); the rest are `quiver_*`. Gauges that describe
+//! `db.client.connection.max`, …; `db.client.connection.count` is
+//! `db_client_connections_usage`, its earlier name, as a `_count` suffix is a
+//! histogram's in Prometheus); the rest are `quiver_*`. Gauges that describe
 //! state (pools, transactions, the change log) are read when scraped.
 
 use std::fmt::Write as _;
@@ -234,8 +236,8 @@ impl Metrics {
         );
         let pool_connections = Family::default();
         registry.register(
-            "db_client_connection_count",
-            "Store connections by state (db.client.connection.count)",
+            "db_client_connections_usage",
+            "Store connections by state (db.client.connection.count; Prometheus keeps the _count suffix for histograms)",
             pool_connections.clone(),
         );
         let pool_max = Family::default();

@@ -60,7 +60,7 @@ impl MutationService {
         let plan = tracing::debug_span!("mutations.validate")
             .in_scope(|| planner.plan(operations, &idempotency_key, &encoded))?;
         let response = execute::run(&self.writer, plan).await?;
-        tracing::Span::current().record("commit_version", response.commit_version);
+        tracing::Span::current().record("commit_version", response.commit_version as i64);
         Ok(Response::new(response))
     }
 

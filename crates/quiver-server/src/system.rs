@@ -10,8 +10,8 @@
 //! | `tables` | the store's tables and views as the catalog read them |
 //! | `settings` | the effective configuration, and which settings change live |
 //!
-//! A principal without the admin role sees only its own queries, and no
-//! transactions (they are not named by principal).
+//! A principal without the admin role sees only its own queries, no transactions
+//! (they are not named by principal) and no settings.
 
 use std::sync::{Arc, RwLock};
 
@@ -241,8 +241,13 @@ pub fn register(
         add(
             "settings",
             Arc::clone(&schema),
-            Arc::new(move |_| {
-                let settings = settings.read().expect("never poisoned").clone();
+            Arc::new(move |viewer| {
+                // Paths and addresses are for operators.
+                let settings = if viewer.is_none_or(|v| v.sees_all) {
+                    settings.read().expect("never poisoned").clone()
+                } else {
+                    Vec::new()
+                };
                 batch(
                     &schema,
                     vec![

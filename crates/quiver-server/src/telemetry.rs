@@ -229,7 +229,9 @@ pub fn current_traceparent() -> Option<String> {
             context.span_id(),
             context.trace_flags().to_u8()
         )),
-        None => observe::client_traceparent(),
+        // Kept only when it is one: the change log stores nothing the readers of
+        // `trace_parent` could not parse.
+        None => observe::client_traceparent().filter(|t| parse_traceparent(t).is_some()),
     }
 }
 

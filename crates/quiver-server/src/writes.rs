@@ -218,7 +218,7 @@ impl Writer {
                 db.operation.name = "COMMIT",
             ))
             .await?;
-        tracing::Span::current().record("commit_version", outcome.version);
+        tracing::Span::current().record("commit_version", outcome.version as i64);
         crate::metrics::metrics().commits.inc();
         if changed_schema {
             self.engine.refresh_catalog().await?;

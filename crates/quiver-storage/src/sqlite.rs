@@ -171,7 +171,7 @@ impl SqliteStore {
                 conn.progress_handler(0, None::<fn() -> bool>)
                     .map_err(Error::from),
             );
-            span.record("rows", rows);
+            span.record("rows", rows as i64);
             if let Err(err) = outcome {
                 // An interrupt because the reader left is not an error anyone can see.
                 if !sender.is_closed() {

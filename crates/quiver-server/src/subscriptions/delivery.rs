@@ -179,10 +179,11 @@ impl Delivery<'_> {
                 otel.name = "subscription deliver",
                 otel.kind = "producer",
                 messaging.operation.type = "send",
-                subscription.id = self.registration.id(),
-                events = selected.len(),
-                first_version = page.first,
-                last_version = page.last,
+                // Integers as i64: OpenTelemetry has no unsigned attribute.
+                subscription.id = self.registration.id() as i64,
+                events = selected.len() as i64,
+                first_version = page.first as i64,
+                last_version = page.last as i64,
             );
             crate::telemetry::link_to_writers(
                 &span,

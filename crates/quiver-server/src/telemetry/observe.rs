@@ -80,6 +80,63 @@ fn service_and_method(path: &str) -> (&str, &str) {
     path.rsplit_once('/').unwrap_or(("unknown", path))
 }
 
+/// The methods this server serves, by service: the only names metric labels take (a
+/// client may call any path; an unknown one is labelled `unknown`, so label values
+/// stay bounded).
+const KNOWN_METHODS: &[(&str, &[&str])] = &[
+    (
+        "arrow.flight.protocol.FlightService",
+        &[
+            "Handshake",
+            "ListFlights",
+            "GetFlightInfo",
+            "PollFlightInfo",
+            "GetSchema",
+            "DoGet",
+            "DoPut",
+            "DoExchange",
+            "DoAction",
+            "ListActions",
+        ],
+    ),
+    (
+        "quiver.v1.Mutations",
+        &["Insert", "Update", "Delete", "Upsert", "Apply"],
+    ),
+    ("quiver.v1.Subscriptions", &["Subscribe"]),
+    (
+        "quiver.v1.Admin",
+        &[
+            "Analyze",
+            "Vacuum",
+            "Reindex",
+            "Checkpoint",
+            "Backup",
+            "PruneChangeLog",
+            "GetConfig",
+            "ReloadConfig",
+            "SetLogFilter",
+            "SetSlowQueryThreshold",
+        ],
+    ),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+];
+
+/// `service` and `method` when this server serves them, else `unknown` for both.
+fn known<'a>(service: &'a str, method: &'a str) -> (&'a str, &'a str) {
+    let served = KNOWN_METHODS
+        .iter()
+        .any(|(s, methods)| *s == service && methods.contains(&method));
+    if served {
+        (service, method)
+    } else {
+        ("unknown", "unknown")
+    }
+}
+
 /// Whether a gRPC code counts as the server's error in a span's status (the
 /// OpenTelemetry rule for server spans: not the client's mistakes).
 fn server_error(code: tonic::Code) -> bool {
@@ -139,13 +196,9 @@ where
             return Box::pin(inner.call(request));
         }
         let (service, method) = service_and_method(&path);
+        let (service, method) = known(service, method);
         let (service, method) = (service.to_owned(), method.to_owned());
-        let client = request
-            .extensions()
-            .get::<crate::connection::ConnectInfo>()
-            .and_then(|info| info.remote)
-            .map(|addr| addr.ip().to_string())
-            .unwrap_or_default();
+        let client = crate::connection::client_address(request.extensions());
         let span = tracing::info_span!(
             "rpc",
             otel.name = %format_args!("{service}/{method}"),
@@ -317,7 +370,7 @@ pub async fn observe_http(request: Request, next: Next) -> Response {
         .scope(traceparent, next.run(request).instrument(span.clone()))
         .await;
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "error");
     }
@@ -350,12 +403,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_rpc_of_the_quiver_protos_is_known() {
+        for (service, proto) in [
+            (
+                "quiver.v1.Mutations",
+                include_str!("../../../../proto/quiver/v1/mutations.proto"),
+            ),
+            (
+                "quiver.v1.Subscriptions",
+                include_str!("../../../../proto/quiver/v1/subscriptions.proto"),
+            ),
+            (
+                "quiver.v1.Admin",
+                include_str!("../../../../proto/quiver/v1/admin.proto"),
+            ),
+        ] {
+            let rpcs: Vec<&str> = proto
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("rpc "))
+                .filter_map(|rest| rest.split('(').next())
+                .collect();
+            assert!(!rpcs.is_empty(), "{service} declares rpcs");
+            for rpc in rpcs {
+                assert_eq!(
+                    known(service, rpc),
+                    (service, rpc),
+                    "{service}/{rpc} is labelled"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn paths_split_into_service_and_method() {
         assert_eq!(
             service_and_method("/arrow.flight.protocol.FlightService/DoGet"),
             ("arrow.flight.protocol.FlightService", "DoGet")
         );
         assert_eq!(service_and_method("/odd"), ("unknown", "odd"));
+        assert_eq!(
+            known("quiver.v1.Mutations", "Insert"),
+            ("quiver.v1.Mutations", "Insert")
+        );
+        assert_eq!(known("quiver.v1.Mutations", "Nope"), ("unknown", "unknown"));
+        assert_eq!(known("made.Up", "X1"), ("unknown", "unknown"));
         assert_eq!(http_route("/v1/query"), "/v1/query");
         assert_eq!(http_route("/v1/query/../x"), "other");
     }
