@@ -88,15 +88,15 @@ impl StoreSql {
 
     /// Records a statement sent.
     pub fn push(&self, sql: &str) {
-        let mut kept = self.0.lock().expect("never poisoned");
-        if kept.len() >= Self::MAX || kept.iter().any(|k| k == sql) {
-            return;
-        }
         let mut end = sql.len().min(Self::MAX_LEN);
         while !sql.is_char_boundary(end) {
             end -= 1;
         }
-        kept.push(sql[..end].to_owned());
+        let cut = &sql[..end];
+        let mut kept = self.0.lock().expect("never poisoned");
+        if kept.len() < Self::MAX && !kept.iter().any(|k| k == cut) {
+            kept.push(cut.to_owned());
+        }
     }
 
     /// The statements recorded so far.

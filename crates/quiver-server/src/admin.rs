@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use quiver_proto::v1 as pb;
 use quiver_storage::Dialect;
 use serde_json::{Value as Json, json};
+use tracing::Instrument;
 
 use crate::Config;
 use crate::error::{Error, Result};
@@ -75,6 +76,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
 #[derive(Debug)]
 pub struct Admin {
     writer: Arc<Writer>,
+    auth: Arc<crate::auth::Auth>,
+    tls: Option<Arc<crate::listen::Tls>>,
     history: Arc<QueryLog>,
     settings: Settings,
     config: Mutex<Config>,
@@ -84,12 +87,16 @@ impl Admin {
     /// The admin operations over `writer`'s store, with `config` in force.
     pub fn new(
         writer: Arc<Writer>,
+        auth: Arc<crate::auth::Auth>,
+        tls: Option<Arc<crate::listen::Tls>>,
         history: Arc<QueryLog>,
         settings: Settings,
         config: Config,
     ) -> Self {
         Self {
             writer,
+            auth,
+            tls,
             history,
             settings,
             config: Mutex::new(config),
@@ -108,8 +115,9 @@ impl Admin {
             })?
         };
         let started = Instant::now();
-        let result = tracing::info_span!("admin", operation = %operation)
-            .in_scope(|| async { self.operation(operation, &args).await })
+        let result = self
+            .operation(operation, &args)
+            .instrument(tracing::info_span!("admin", operation = %operation))
             .await?;
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::info!(operation, duration_ms, %result, "admin operation done");
@@ -217,18 +225,39 @@ impl Admin {
                 "backup file {name:?}: a plain name of letters, digits, '.', '_' and '-' (not starting with '.')"
             )));
         }
+        if self.writer.engine().store().dialect() != Dialect::Sqlite {
+            return Err(Error::FailedPrecondition(
+                "backup is for SQLite; back PostgreSQL up with pg_dump or its own tools".to_owned(),
+            ));
+        }
         let path: PathBuf = dir.join(name);
-        if path.exists() {
-            return Err(Error::AlreadyExists(format!(
-                "backup file {name} already exists in {}",
-                dir.display()
-            )));
+        // Created here, new and private: an existing file or symlink is refused, and
+        // two backups to one name cannot both write it.
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+        match create.open(&path) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists(format!(
+                    "backup file {name} already exists in {}",
+                    dir.display()
+                )));
+            }
+            Err(err) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot create {}: {err}",
+                    path.display()
+                )));
+            }
         }
         let store = self.writer.engine().store();
         let outcome = store.backup_sqlite(path.clone()).await;
         let (check, pages) = match outcome {
             Ok(Some(checked)) => checked,
             Ok(None) => {
+                let _ = std::fs::remove_file(&path);
                 return Err(Error::FailedPrecondition(
                     "backup is for SQLite; back PostgreSQL up with pg_dump or its own tools"
                         .to_owned(),
@@ -266,9 +295,36 @@ impl Admin {
         )
     }
 
+    /// What SIGHUP does: [`Admin::reload_config`], then the auth file and the TLS
+    /// certificate read again (each that does not load keeps the one in force).
+    pub fn reload(&self) -> Result<Json> {
+        // Each part on its own: a broken config file does not keep a new certificate out.
+        let config = self.reload_config();
+        let auth = match self.auth.reload() {
+            Ok(()) => json!("reloaded"),
+            Err(err) => {
+                tracing::error!(error = %err, "the auth file does not load; keeping the previous one");
+                json!(format!("kept the previous one: {err}"))
+            }
+        };
+        let tls = self.tls.as_ref().map(|tls| match tls.reload() {
+            Ok(()) => json!("reloaded"),
+            Err(err) => {
+                tracing::error!(error = %err, "the TLS certificate does not load; keeping the previous one");
+                json!(format!("kept the previous one: {err}"))
+            }
+        });
+        let mut outcome = config?;
+        outcome["auth_file"] = auth;
+        if let Some(tls) = tls {
+            outcome["tls_certificate"] = tls;
+        }
+        Ok(outcome)
+    }
+
     /// Re-reads the configuration (file under flags and environment) and applies what
     /// changes live; a configuration that does not load changes nothing.
-    pub fn reload(&self) -> Result<Json> {
+    fn reload_config(&self) -> Result<Json> {
         let mut current = self.config.lock().expect("never poisoned");
         let new = current.reload()?;
         let before = current.settings();

@@ -576,9 +576,10 @@ impl Config {
                         .as_ref()
                         .map(|p| p.display().to_string()),
                 ),
-                true,
+                // The file's contents reload; which file, at restart.
+                false,
             ),
-            ("tls", self.security.tls.is_some().to_string(), true),
+            ("tls", self.security.tls.is_some().to_string(), false),
             (
                 "client_rate_limit_rps",
                 limits.rate_per_second.to_string(),
@@ -737,25 +738,33 @@ impl Config {
 
 /// A database URL with its password hidden.
 fn redact_url(url: &str) -> String {
-    // A password may also come as a URL parameter.
-    let url = match url.find("password=") {
-        Some(at) => {
-            let start = at + "password=".len();
-            let end = url[start..].find('&').map_or(url.len(), |e| start + e);
-            format!("{}***{}", &url[..start], &url[end..])
-        }
-        None => url.to_owned(),
+    // Every parameter whose name speaks of a password (also percent-encoded, as
+    // `pass%77ord`) loses its value.
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url;
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
     };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return url.clone();
+    let Some(query) = query else {
+        return base;
     };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.clone(),
-    }
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|parameter| match parameter.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
+            _ => parameter.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", parameters.join("&"))
 }
 
 #[cfg(test)]
@@ -864,6 +873,10 @@ mod tests {
         assert_eq!(
             redact_url("postgres://app@db/q?sslmode=require&password=x1&user=a"),
             "postgres://app@db/q?sslmode=require&password=***&user=a"
+        );
+        assert_eq!(
+            redact_url("postgres://a:p@w@db/q?sslpassword=k&password=s&pass%77ord=t&password=u"),
+            "postgres://a:***@db/q?sslpassword=***&password=***&pass%77ord=***&password=***"
         );
     }
 }

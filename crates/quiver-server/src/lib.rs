@@ -225,12 +225,7 @@ fn accepted(
 
 /// Reloads the configuration's live settings, the auth file and the TLS certificate
 /// on SIGHUP, until `shutdown`.
-async fn reload_on_hangup(
-    admin: Arc<admin::Admin>,
-    auth: Arc<Auth>,
-    tls: Option<Arc<Tls>>,
-    shutdown: CancellationToken,
-) {
+async fn reload_on_hangup(admin: Arc<admin::Admin>, shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -252,25 +247,11 @@ async fn reload_on_hangup(
                     tracing::error!(error = %err, "SIGHUP: the configuration does not load; keeping the previous one")
                 }
             }
-            match auth.reload() {
-                Ok(()) => tracing::info!("SIGHUP: auth file reloaded"),
-                Err(err) => {
-                    tracing::error!(error = %err, "SIGHUP: the auth file does not load; keeping the previous one")
-                }
-            }
-            if let Some(tls) = &tls {
-                match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                    Err(err) => {
-                        tracing::error!(error = %err, "SIGHUP: the TLS certificate does not load; keeping the previous one")
-                    }
-                }
-            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (admin, auth, tls);
+        let _ = admin;
         shutdown.cancelled().await;
     }
 }
@@ -325,6 +306,8 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
     }
     let admin = Arc::new(admin::Admin::new(
         Arc::clone(&server.writer),
+        Arc::clone(&server.auth),
+        server.tls.clone(),
         Arc::clone(&history),
         Arc::clone(&settings),
         config.clone(),
@@ -385,12 +368,7 @@ pub async fn run(listeners: Listeners, server: Server, shutdown: CancellationTok
         auth: Arc::clone(&server.auth),
         limits: Arc::new(ClientLimits::new(config.security.client_limits.clone())),
     };
-    tokio::spawn(reload_on_hangup(
-        Arc::clone(&admin),
-        Arc::clone(&server.auth),
-        server.tls.clone(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(reload_on_hangup(Arc::clone(&admin), shutdown.clone()));
     if let Some(tls) = &server.tls {
         tokio::spawn(Arc::clone(tls).watch(shutdown.clone()));
     }

@@ -22,10 +22,7 @@ fn main() -> ExitCode {
             quiver_server::telemetry::shutdown();
             outcome
         }
-        Err(err) => {
-            quiver_server::telemetry::init();
-            Err(quiver_server::Error::Io(err))
-        }
+        Err(err) => Err(quiver_server::Error::Io(err)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,8 +10,9 @@
 //! | `tables` | the store's tables and views as the catalog read them |
 //! | `settings` | the effective configuration, and which settings change live |
 //!
-//! A principal without the admin role sees only its own queries, no transactions
-//! (they are not named by principal) and no settings.
+//! A principal without the admin role sees only its own queries, no transactions or
+//! subscriptions (they are not named by principal), no settings and not where the
+//! store is. A scan without a viewer (no query path makes one) shows none of these.
 
 use std::sync::{Arc, RwLock};
 
@@ -43,6 +44,12 @@ fn int(values: impl IntoIterator<Item = i64>) -> ArrayRef {
 
 fn as_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Whether `viewer` sees every principal's rows; a scan that names no viewer (none
+/// of the query paths) sees none.
+fn sees_all(viewer: Option<&Viewer>) -> bool {
+    viewer.is_some_and(|v| v.sees_all)
 }
 
 /// The effective settings, as `system.settings` shows them (replaced on reload).
@@ -91,8 +98,7 @@ pub fn register(
             "transactions",
             Arc::clone(&schema),
             Arc::new(move |viewer| {
-                let shown = viewer.is_none_or(|v| v.sees_all);
-                let open = if shown {
+                let open = if sees_all(viewer) {
                     writer.transactions()
                 } else {
                     Vec::new()
@@ -138,7 +144,7 @@ pub fn register(
         add(
             "pool",
             Arc::clone(&schema),
-            Arc::new(move |_| {
+            Arc::new(move |viewer| {
                 let store = engine_for_pool.store();
                 let p = store.pool_status();
                 let w = &p.acquire_wait;
@@ -159,8 +165,14 @@ pub fn register(
                     w.quantile_micros(0.99),
                     w.max_micros,
                 ];
+                // Where the store is (a path, a host) is for operators.
+                let described = if sees_all(viewer) {
+                    store.describe()
+                } else {
+                    store.system_name().to_owned()
+                };
                 let mut columns = vec![
-                    text([store.describe()]),
+                    text([described]),
                     Arc::new(BooleanArray::from(vec![p.reachable])) as ArrayRef,
                 ];
                 columns.extend(values.into_iter().map(|v| int([as_i64(v)])));
@@ -178,9 +190,14 @@ pub fn register(
         add(
             "subscriptions",
             Arc::clone(&schema),
-            Arc::new(move |_| {
+            Arc::new(move |viewer| {
                 let latest = hub.latest();
-                let open = hub.positions();
+                // Subscriptions are not named by principal: operators see them.
+                let open = if sees_all(viewer) {
+                    hub.positions()
+                } else {
+                    Vec::new()
+                };
                 batch(
                     &schema,
                     vec![
@@ -243,7 +260,7 @@ pub fn register(
             Arc::clone(&schema),
             Arc::new(move |viewer| {
                 // Paths and addresses are for operators.
-                let settings = if viewer.is_none_or(|v| v.sees_all) {
+                let settings = if sees_all(viewer) {
                     settings.read().expect("never poisoned").clone()
                 } else {
                     Vec::new()
@@ -292,11 +309,12 @@ fn query_schema() -> SchemaRef {
 
 fn query_rows(schema: &SchemaRef, records: Vec<Arc<QueryRecord>>, viewer: Option<&Viewer>) -> Rows {
     let shown: Vec<Arc<QueryRecord>> = match viewer {
-        Some(viewer) if !viewer.sees_all => records
+        Some(viewer) if viewer.sees_all => records,
+        Some(viewer) => records
             .into_iter()
             .filter(|r| r.principal == viewer.principal)
             .collect(),
-        _ => records,
+        None => Vec::new(),
     };
     let columns: Vec<ArrayRef> = vec![
         int(shown.iter().map(|r| as_i64(r.id))),

@@ -210,7 +210,8 @@ pub(crate) fn span_context(span: &tracing::Span) -> Option<SpanContext> {
     }
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then_some(span_context)
+    // An unsampled span is never exported: nothing to point at.
+    (span_context.is_valid() && span_context.is_sampled()).then_some(span_context)
 }
 
 /// The trace id of the current span, for exemplars and the query history.
@@ -219,20 +220,19 @@ pub fn current_trace_id() -> Option<String> {
 }
 
 /// The W3C `traceparent` naming the current span: what a commit stores in the change
-/// log so deliveries link to it. When tracing is off, the `traceparent` the client
-/// sent with the request, as it came ([`observe`] keeps it for the request).
+/// log so deliveries link to it. When tracing is off (or the span is not sampled),
+/// the `traceparent` the client sent with the request ([`observe`] keeps it), rebuilt
+/// in the W3C form — or none when it is not one: the change log stores nothing but a
+/// trace context, whatever a client sends.
 pub fn current_traceparent() -> Option<String> {
-    match span_context(&tracing::Span::current()) {
-        Some(context) => Some(format!(
-            "00-{}-{}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
-        )),
-        // Kept only when it is one: the change log stores nothing the readers of
-        // `trace_parent` could not parse.
-        None => observe::client_traceparent().filter(|t| parse_traceparent(t).is_some()),
-    }
+    let context = span_context(&tracing::Span::current())
+        .or_else(|| observe::client_traceparent().and_then(|sent| parse_traceparent(&sent)))?;
+    Some(format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8()
+    ))
 }
 
 /// A W3C `traceparent` value parsed into a remote span context (`None` when it is not

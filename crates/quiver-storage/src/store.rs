@@ -83,6 +83,9 @@ pub struct Store {
     commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// Tries of a backup step that found the database busy or locked, 50 ms apart.
+const BACKUP_ATTEMPTS: u32 = 100;
+
 impl Store {
     /// Opens the store named by `url`: a SQLite file (created empty if missing) or a
     /// PostgreSQL database. The pool warms up in the background; a PostgreSQL server
@@ -246,7 +249,8 @@ impl Store {
         }
     }
 
-    /// Copies a SQLite database to `path` with the online backup API (readers and the
+    /// Copies a SQLite database into `path` (an empty file the caller created) with the
+    /// online backup API (readers and the
     /// writer go on meanwhile), then checks the copy: its `integrity_check` answer and
     /// page count. `None` for a store that is not SQLite.
     pub async fn backup_sqlite(&self, path: PathBuf) -> Result<Option<(String, i64)>> {
@@ -255,11 +259,28 @@ impl Store {
         };
         store
             .read(move |conn| {
-                conn.backup(
-                    rusqlite::MAIN_DB,
-                    &path,
-                    None::<fn(rusqlite::backup::Progress)>,
-                )?;
+                let mut target = rusqlite::Connection::open(&path)?;
+                {
+                    // All pages in one step: a snapshot (a copy in small steps starts
+                    // over at every commit of the writer and may never end).
+                    let backup = rusqlite::backup::Backup::new(conn, &mut target)?;
+                    let mut attempts = 0;
+                    loop {
+                        match backup.step(-1)? {
+                            rusqlite::backup::StepResult::Done => break,
+                            _ if attempts < BACKUP_ATTEMPTS => {
+                                attempts += 1;
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                            }
+                            _ => {
+                                return Err(Error::Unavailable(
+                                    "the database stayed locked during the backup".to_owned(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                drop(target);
                 let copy = rusqlite::Connection::open_with_flags(
                     &path,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

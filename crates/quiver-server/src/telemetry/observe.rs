@@ -346,13 +346,30 @@ fn http_route(path: &str) -> &'static str {
     }
 }
 
+/// The request method as labels and span names take it: the standard ones, else
+/// `_OTHER` (any token is a method to HTTP; a client must not make up label values).
+fn http_method(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
 /// The axum middleware observing every HTTP request but the probes.
 pub async fn observe_http(request: Request, next: Next) -> Response {
     let route = http_route(request.uri().path());
     if route == "/healthz" || route == "/readyz" {
         return next.run(request).await;
     }
-    let method = request.method().as_str().to_owned();
+    let method = http_method(request.method()).to_owned();
     let span = tracing::info_span!(
         "http",
         otel.name = %format_args!("{method} {route}"),
@@ -449,5 +466,8 @@ mod tests {
         assert_eq!(known("made.Up", "X1"), ("unknown", "unknown"));
         assert_eq!(http_route("/v1/query"), "/v1/query");
         assert_eq!(http_route("/v1/query/../x"), "other");
+        assert_eq!(http_method(&http::Method::POST), "POST");
+        let made_up = http::Method::from_bytes(b"FOO123").expect("a token");
+        assert_eq!(http_method(&made_up), "_OTHER");
     }
 }
