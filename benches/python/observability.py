@@ -69,7 +69,9 @@ def main():
             ("traced, unsampled", {**traced, "OTEL_TRACES_SAMPLER": "always_off"}),
         ]
         servers = {name: Server(args.quiver, db_path, env=env) for name, env in setups}
-        connections = {name: flight_sql.connect(f"grpc://{s.grpc}") for name, s in servers.items()}
+        # Autocommit: a DB-API connection otherwise holds a transaction open, which the
+        # server ends after transaction_idle_timeout_s while the other setups take turns.
+        connections = {name: flight_sql.connect(f"grpc://{s.grpc}", autocommit=True) for name, s in servers.items()}
         samples = {name: {"lookup": [], "scan": [], "scrape": []} for name, _ in setups}
         try:
             for round_ in range(args.rounds):
