@@ -295,7 +295,7 @@ impl Admin {
         )
     }
 
-    /// What SIGHUP does: [`Admin::reload_config`], then the auth file and the TLS
+    /// What SIGHUP does: the configuration (`reload_config`), then the auth file and the TLS
     /// certificate read again (each that does not load keeps the one in force).
     pub fn reload(&self) -> Result<Json> {
         // Each part on its own: a broken config file does not keep a new certificate out.

@@ -277,7 +277,7 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
 const MAX_LINKS: usize = 32;
 
 /// Links `span` to the spans that wrote the given `traceparent`s (distinct, at most
-/// [`MAX_LINKS`]). Nothing when tracing is off.
+/// `MAX_LINKS`). Nothing when tracing is off.
 pub fn link_to_writers<'a>(span: &tracing::Span, traceparents: impl Iterator<Item = &'a str>) {
     if !tracing_enabled() {
         return;
