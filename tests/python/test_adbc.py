@@ -94,7 +94,7 @@ def test_get_table_schema_and_types(adbc):
     assert schema.field("status").type == pa.string()
     assert schema.field("created_at").type == pa.timestamp("us")
     assert schema.field("estimate_hours").type == pa.float64()
-    assert adbc.adbc_get_table_types() == ["TABLE", "VIEW"]
+    assert adbc.adbc_get_table_types() == ["SYSTEM TABLE", "TABLE", "VIEW"]
 
 
 def test_get_info_describes_quiver(adbc):
