@@ -460,3 +460,13 @@ def merge_runs(runs) -> list[tuple]:
             else:
                 merged[key] = change
     return [merged[key] for key in sorted(merged)]
+
+
+def arrow_of(conn, sql: str):
+    """Runs `sql` on an ADBC connection: the result as a pyarrow Table."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+        return cur.fetch_arrow_table()
+    finally:
+        cur.close()

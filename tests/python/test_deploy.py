@@ -10,21 +10,21 @@ come from the metrics table of docs/observability.md, which test_observability c
 against a running server's /metrics."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import tomllib
-import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
+import observability_doc
+from observability_doc import promtool
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-METRICS_DOC = ROOT / "docs" / "observability.md"
 
 YAML_FILES = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
 JSON_FILES = sorted(DEPLOY.rglob("*.json"))
@@ -399,21 +399,16 @@ TARGET_LABELS = {"job", "instance"}
 
 
 def documented_metrics() -> dict[str, set[str]]:
-    """Metric name → its labels, from the metrics table of docs/observability.md
-    (`| `name` | type | `label`, … | meaning |`); histograms also under their
-    `_bucket`, `_sum` and `_count` series (`_bucket` with `le`)."""
+    """Metric name → its labels, from the metrics table of docs/observability.md;
+    histograms also under their `_bucket`, `_sum` and `_count` series (`_bucket`
+    with `le`)."""
     metrics: dict[str, set[str]] = {}
-    for line in METRICS_DOC.read_text().splitlines():
-        row = re.match(r"\|\s*`([a-z_:][a-z0-9_:]*)`\s*\|\s*(counter|gauge|histogram)\s*\|([^|]*)\|", line)
-        if not row:
-            continue
-        name, kind, label_cell = row.groups()
-        labels = set(re.findall(r"`([a-z_][a-z0-9_]*)`", re.sub(r"\([^)]*\)", "", label_cell)))
-        metrics[name] = labels
-        if kind == "histogram":
-            metrics[f"{name}_sum"] = labels
-            metrics[f"{name}_count"] = labels
-            metrics[f"{name}_bucket"] = labels | {"le"}
+    for name, metric in observability_doc.documented_metrics().items():
+        metrics[name] = metric["labels"]
+        if metric["type"] == "histogram":
+            metrics[f"{name}_sum"] = metric["labels"]
+            metrics[f"{name}_count"] = metric["labels"]
+            metrics[f"{name}_bucket"] = metric["labels"] | {"le"}
     assert "rpc_server_call_duration_seconds_bucket" in metrics, "the metrics table did not parse"
     return metrics
 
@@ -572,16 +567,6 @@ def test_dashboard_is_a_grafana_dashboard():
 
 
 # --- promtool -----------------------------------------------------------------------
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path:
-        return path
-    if os.environ.get("QUIVER_REQUIRE_PROMTOOL") == "1":
-        pytest.fail("QUIVER_REQUIRE_PROMTOOL=1 but promtool is not installed")
-    warnings.warn("promtool is not installed (apt-get install prometheus): skipping")
-    pytest.skip("no promtool")
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,9 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 import warnings
-from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
@@ -30,10 +28,9 @@ import requests
 
 from conftest import Store, running_server
 from otlp_receiver import KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, Receiver, compile_otlp_protos
-from quiver_clients import clock, connect_mutations, connect_subscriptions, some_feature, task
+from observability_doc import OBSERVABILITY_DOC, documented_metrics, promtool
+from quiver_clients import arrow_of, clock, connect_mutations, connect_subscriptions, some_feature, task
 
-ROOT = Path(__file__).resolve().parents[2]
-OBSERVABILITY_DOC = ROOT / "docs" / "observability.md"
 
 PROGRESS_MS = 200
 POOL_MAX_SIZE = 7
@@ -183,15 +180,6 @@ def adbc_connect(server, header: str | None = None, autocommit: bool = True):
     `traceparent` metadata."""
     kwargs = {"db_kwargs": {TRACEPARENT_OPTION: header}} if header else {}
     return flight_sql.connect(server.grpc_uri, autocommit=autocommit, **kwargs)
-
-
-def adbc_query(conn, sql: str):
-    cur = conn.cursor()
-    try:
-        cur.execute(sql)
-        return cur.fetch_arrow_table()
-    finally:
-        cur.close()
 
 
 def adbc_update(conn, sql: str) -> int:
@@ -394,51 +382,14 @@ def grpc_code_of(error) -> str:
     return match.group(1)
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path:
-        return path
-    if os.environ.get("QUIVER_REQUIRE_PROMTOOL") == "1":
-        pytest.fail("QUIVER_REQUIRE_PROMTOOL=1 but promtool is not installed")
-    warnings.warn("promtool is not installed (apt-get install prometheus): skipping the /metrics lint")
-    pytest.skip("no promtool")
-
-
-def documented_metrics() -> dict[str, dict]:
-    """The metrics table of docs/observability.md: name -> {"type", "labels"}."""
-    assert OBSERVABILITY_DOC.is_file(), f"{OBSERVABILITY_DOC} is missing"
-    lines = OBSERVABILITY_DOC.read_text().splitlines()
-    out = {}
-    in_table = False
-    for line in lines:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
-        if cells is None:
-            in_table = False
-            continue
-        if cells[0].lower() == "metric":
-            in_table = True
-            continue
-        if not in_table or set(cells[0]) <= {"-", ":", " "}:
-            continue
-        name = re.fullmatch(r"`([a-zA-Z_:][a-zA-Z0-9_:]*)`", cells[0])
-        assert name, f"the metrics table's first column holds a name in backticks: {line!r}"
-        label_cell = re.sub(r"\([^)]*\)", "", cells[2]) if len(cells) > 2 else ""
-        out[name.group(1)] = {
-            "type": cells[1] if len(cells) > 1 else "",
-            "labels": set(re.findall(r"`([^`]+)`", label_cell)),
-        }
-    assert out, f"no metrics table (a header row starting `| metric |`) in {OBSERVABILITY_DOC}"
-    return out
-
-
 def traffic(server, store, clients):
     """Some of everything: queries (one failing), a mutation, a subscription that
     receives it, an HTTP query and a failing one."""
     mutations, subscriptions = clients
     with adbc_connect(server) as conn:
-        adbc_query(conn, "SELECT id, status FROM tasks WHERE priority = 1")
+        arrow_of(conn, "SELECT id, status FROM tasks WHERE priority = 1")
         with pytest.raises(adbc_driver_manager.Error):
-            adbc_query(conn, "SELECT * FROM no_such_table_traffic")
+            arrow_of(conn, "SELECT * FROM no_such_table_traffic")
     requests.post(f"{server.http_url}/v1/query", json={"sql": "SELECT count(*) AS n FROM epics"}, timeout=60)
     requests.post(f"{server.http_url}/v1/query", json={"sql": "SELECT * FROM no_such_table_traffic"}, timeout=60)
     with subscriptions.open(tables=("tasks",), latest=True) as sub:
@@ -454,7 +405,7 @@ def test_a_flight_sql_query_continues_the_clients_trace(kind, traced, receiver, 
     sql = "SELECT id, status FROM tasks WHERE priority = 1"
     header, trace_id, client_span = traceparent()
     with adbc_connect(traced, header) as conn:
-        table = adbc_query(conn, sql)
+        table = arrow_of(conn, sql)
     assert table.num_rows == store.count("tasks", "priority = 1")
 
     def complete(spans):
@@ -509,7 +460,7 @@ def test_a_failing_flight_query_is_traced_and_counted_with_its_code(traced, rece
     before = scrape(traced)
     with adbc_connect(traced, header) as conn:
         with pytest.raises(adbc_driver_manager.Error) as raised:
-            adbc_query(conn, "SELECT * FROM no_such_table_obs")
+            arrow_of(conn, "SELECT * FROM no_such_table_obs")
     code = grpc_code_of(raised.value)
     number = grpc.StatusCode[code].value[0]
 
@@ -775,11 +726,11 @@ def test_query_counters_move_by_the_queries_made(traced, store):
         "SELECT id, title, priority FROM tasks WHERE priority >= 4": "priority >= 4",
     }
     with adbc_connect(traced) as conn:
-        adbc_query(conn, "SELECT 1 AS warm")  # whatever the driver does once per connection
+        arrow_of(conn, "SELECT 1 AS warm")  # whatever the driver does once per connection
         before = scrape(traced)
         returned = 0
         for sql, where in queries.items():
-            rows = adbc_query(conn, sql).num_rows
+            rows = arrow_of(conn, sql).num_rows
             assert rows == store.count("tasks", where), sql
             assert rows > 0, f"{sql} returns rows"
             returned += rows
@@ -897,7 +848,7 @@ def test_open_transactions_are_counted(traced):
         warnings.simplefilter("error")
         conn = adbc_connect(traced, autocommit=False)
     try:
-        adbc_query(conn, "SELECT count(*) FROM epics")
+        arrow_of(conn, "SELECT count(*) FROM epics")
         gauge_settles(traced, "quiver_transactions_open", base + 1)
     finally:
         try:
@@ -912,7 +863,7 @@ def test_openmetrics_exemplars_name_exported_traces(traced, receiver):
     header, trace_id, _ = traceparent()
     before = scrape(traced)
     with adbc_connect(traced, header) as conn:
-        adbc_query(conn, "SELECT id FROM epics")
+        arrow_of(conn, "SELECT id FROM epics")
     # The DoGet is measured when its stream ends, which may be just after the client has read it.
     settle(
         lambda: scrape(traced),
@@ -985,7 +936,7 @@ def test_without_otel_variables_nothing_is_exported(plain, plain_store, plain_cl
     with subscriptions.open(tables=("tasks",), latest=True) as sub:
         sub.wait(lambda s: s.progresses, "a first Progress")
         with adbc_connect(plain, header) as conn:
-            assert adbc_query(conn, "SELECT id FROM tasks WHERE priority = 1").num_rows > 0
+            assert arrow_of(conn, "SELECT id FROM tasks WHERE priority = 1").num_rows > 0
         response = mutations.insert(
             "tasks", [task(unique_key("OBS-NONE"), some_feature(plain_store))], metadata=[("traceparent", header)]
         )

@@ -48,7 +48,7 @@ from auth_setup import (
     hash_password,
 )
 from conftest import ROOT, Store, canonical, running_server
-from quiver_clients import Mutations, Subscriptions, clock, some_feature, task
+from quiver_clients import Mutations, Subscriptions, arrow_of, clock, some_feature, task
 
 SYSTEM_TABLES = {"queries", "slow_queries", "transactions", "pool", "subscriptions", "tables", "settings"}
 QUERY_COLUMNS = [
@@ -214,18 +214,8 @@ def adbc_connection(uri: str, db_kwargs: dict | None = None, autocommit: bool = 
             conn.close()
 
 
-def run_query(conn, sql: str):
-    """Runs `sql` on an ADBC connection: the Arrow table."""
-    cur = conn.cursor()
-    try:
-        cur.execute(sql)
-        return cur.fetch_arrow_table()
-    finally:
-        cur.close()
-
-
 def records(conn, sql: str) -> list[dict]:
-    return run_query(conn, sql).to_pylist()
+    return arrow_of(conn, sql).to_pylist()
 
 
 def history_of(conn, sql: str, table: str = "system.queries") -> list[dict]:
@@ -384,7 +374,7 @@ def history_queries() -> list[str]:
 def test_history_lists_each_query_with_the_rows_the_store_returns(ops):
     queries = history_queries()
     tables = ["tasks", "epics", "features", "tasks", "task_history"]
-    returned = [run_query(ops.conn, sql).num_rows for sql in queries]
+    returned = [arrow_of(ops.conn, sql).num_rows for sql in queries]
     truth = [len(store_rows(ops.store, sql)) for sql in queries]
     assert returned == truth, "the queries themselves answer what the store answers"
     assert truth[-1] == 0 and max(truth) > 1, "the queries cover empty and multi-row results"
@@ -410,7 +400,7 @@ def test_history_lists_each_query_with_the_rows_the_store_returns(ops):
     assert ids == sorted(ids) and len(set(ids)) == len(ids), f"ids grow in the order run: {ids}"
 
     # The same rows under the catalog-qualified name, and every column documented.
-    qualified = run_query(ops.conn, "SELECT * FROM quiver.system.queries")
+    qualified = arrow_of(ops.conn, "SELECT * FROM quiver.system.queries")
     assert qualified.schema.names == QUERY_COLUMNS
     assert str(qualified.schema.field("started_at").type) == "timestamp[us, tz=UTC]"
     by_sql = {r["sql"]: r for r in qualified.to_pylist()}
@@ -466,7 +456,7 @@ def test_a_failed_flight_query_is_in_the_history_with_its_code(ops):
     table = marker("missing_table")
     sql = f"SELECT * FROM {table}"
     with pytest.raises(Exception) as raised:
-        run_query(ops.conn, sql)
+        arrow_of(ops.conn, sql)
     assert adbc_code(raised.value) == "INVALID_ARGUMENT", raised.value
     # The truth: the store has no such table either.
     if ops.kind == "sqlite":
@@ -515,7 +505,7 @@ def test_http_queries_are_in_the_history_with_surface_http(ops):
 
 def test_a_high_threshold_keeps_no_query(ops):
     for sql in history_queries()[:3]:
-        run_query(ops.conn, sql)
+        arrow_of(ops.conn, sql)
         finished_history_of(ops.conn, sql)
     settings = settings_of(ops.conn)
     assert settings["slow_query_ms"] == str(HIGH_THRESHOLD_MS), settings
@@ -531,7 +521,7 @@ def test_set_slow_query_threshold_changes_it_live(ops):
         assert {c["name"]: c["value"] for c in config}["slow_query_ms"] == "0"
 
         sql = f"SELECT count(*) FROM tasks WHERE priority = 2 /* {marker('slow')} */"
-        run_query(ops.conn, sql)
+        arrow_of(ops.conn, sql)
         [slow] = finished_history_of(ops.conn, sql, "system.slow_queries")
         [kept] = finished_history_of(ops.conn, sql)
         assert slow == kept, "the slow log keeps the same record as the history"
@@ -541,7 +531,7 @@ def test_set_slow_query_threshold_changes_it_live(ops):
         assert ops.admin.action("set_slow_query_ms", {"ms": HIGH_THRESHOLD_MS}) == {"slow_query_ms": HIGH_THRESHOLD_MS}
         assert settings_of(ops.conn)["slow_query_ms"] == str(HIGH_THRESHOLD_MS)
         fast = f"SELECT count(*) FROM tasks WHERE priority = 3 /* {marker('fast')} */"
-        run_query(ops.conn, fast)
+        arrow_of(ops.conn, fast)
         finished_history_of(ops.conn, fast)
         assert history_of(ops.conn, fast, "system.slow_queries") == []
         assert ops.admin.action_code("set_slow_query_ms", {"ms": -1}) == "INVALID_ARGUMENT"
@@ -555,7 +545,7 @@ def test_a_zero_threshold_keeps_every_query(auth_ops):
         tags = [marker("zero") for _ in range(3)]
         mine = [f"SELECT count(*) FROM epics /* {tag} */" for tag in tags]
         for sql in mine:
-            run_query(conn, sql)
+            arrow_of(conn, sql)
             finished_history_of(conn, sql)
         history = [r for r in records(conn, "SELECT * FROM system.queries") if r["status"] != "RUNNING"]
         slow = {r["query_id"]: r for r in records(conn, "SELECT * FROM system.slow_queries")}
@@ -577,8 +567,8 @@ def test_a_reader_sees_only_its_own_queries_and_an_admin_sees_all(auth_ops):
     bob_sql = f"SELECT count(*) FROM epics /* {marker('bob')} */"
     alice_http = f"SELECT id FROM epics /* {marker('alice_http')} */"
     with auth_ops.connect("alice") as alice, auth_ops.connect("bob") as bob:
-        run_query(alice, alice_sql)
-        run_query(bob, bob_sql)
+        arrow_of(alice, alice_sql)
+        arrow_of(bob, bob_sql)
         response = requests.post(
             f"{auth_ops.server.http_url}/v1/query",
             json={"sql": alice_http},
@@ -619,7 +609,7 @@ def test_a_reader_sees_no_transactions_and_an_admin_sees_them(auth_ops):
         before = len(records(bob, "SELECT * FROM system.transactions"))
         # ADBC's DB-API connection begins a transaction when autocommit is off.
         with auth_ops.connect("alice", autocommit=False) as open_one, auth_ops.connect("alice") as alice:
-            run_query(open_one, "SELECT 1")
+            arrow_of(open_one, "SELECT 1")
             wait_for(
                 lambda: len(records(bob, "SELECT * FROM system.transactions")) == before + 1,
                 "alice's transaction listed for the admin",
@@ -695,7 +685,7 @@ def test_get_tables_lists_the_system_tables(ops):
 @pytest.mark.parametrize("analyze", [False, True], ids=["explain", "explain_analyze"])
 def test_explain_shows_the_plan_and_the_store_sql(ops, analyze):
     sql = "SELECT id, status FROM tasks WHERE priority = 1"
-    table = run_query(ops.conn, ("EXPLAIN ANALYZE " if analyze else "EXPLAIN ") + sql)
+    table = arrow_of(ops.conn, ("EXPLAIN ANALYZE " if analyze else "EXPLAIN ") + sql)
     assert table.schema.names == ["plan_type", "plan"]
     plans = dict(zip(table.column("plan_type").to_pylist(), table.column("plan").to_pylist()))
     if analyze:
@@ -740,7 +730,7 @@ def test_backup_is_a_checked_copy_of_the_database(ops):
         backed_up = [tuple(canonical(v) for v in row) for row in copy.execute(f"SELECT {columns} FROM tasks ORDER BY id")]
     finally:
         copy.close()
-    served = run_query(ops.conn, f"SELECT {columns} FROM tasks ORDER BY id").to_pylist()
+    served = arrow_of(ops.conn, f"SELECT {columns} FROM tasks ORDER BY id").to_pylist()
     served = [tuple(canonical(r[c.strip()]) for c in columns.split(",")) for r in served]
     assert backed_up == served
     by_key = {row[2]: row for row in backed_up}
@@ -825,7 +815,7 @@ def test_vacuum_reclaims_space(ops):
         assert ops.store.scalar(count) == before + 1
     # The data is still served, and equal to the store.
     sql = "SELECT count(*) FROM task_history"
-    assert run_query(ops.conn, sql).column(0).to_pylist() == [ops.store.scalar(sql)]
+    assert arrow_of(ops.conn, sql).column(0).to_pylist() == [ops.store.scalar(sql)]
 
 
 def test_reindex_rebuilds_the_indexes(ops):
@@ -843,7 +833,7 @@ def test_reindex_rebuilds_the_indexes(ops):
         assert ops.admin.action("reindex") == {"statements": "REINDEX"}
         assert ops.store.rows("PRAGMA integrity_check") == [("ok",)]
     sql = "SELECT count(*) FROM tasks WHERE status = 'blocked'"
-    assert run_query(ops.conn, sql).column(0).to_pylist() == [ops.store.scalar(sql)]
+    assert arrow_of(ops.conn, sql).column(0).to_pylist() == [ops.store.scalar(sql)]
 
 
 def test_checkpoint_empties_the_write_ahead_log(ops):
@@ -1059,7 +1049,7 @@ def test_sighup_applies_the_live_settings(reloadable):
     [pool] = records(ctx.conn, "SELECT max_size FROM system.pool")
     assert str(pool["max_size"]) == pool_size
     before = f"SELECT count(*) FROM tasks /* {marker('before_reload')} */"
-    run_query(ctx.conn, before)
+    arrow_of(ctx.conn, before)
     finished_history_of(ctx.conn, before)
     assert history_of(ctx.conn, before, "system.slow_queries") == []
     assert not any(" DEBUG " in line for line in ctx.server.log), "info: no debug lines yet"
@@ -1078,7 +1068,7 @@ def test_sighup_applies_the_live_settings(reloadable):
     assert str(pool["max_size"]) == pool_size
     assert str(requests.get(f"{ctx.server.http_url}/readyz", timeout=30).json()["pool"]["max_size"]) == pool_size
     after = f"SELECT count(*) FROM tasks /* {marker('after_reload')} */"
-    run_query(ctx.conn, after)
+    arrow_of(ctx.conn, after)
     [slow] = finished_history_of(ctx.conn, after, "system.slow_queries")
     assert slow["status"] == "OK"
     wait_for(lambda: any(" DEBUG " in line for line in ctx.server.log[start:]), "debug lines in the log")
@@ -1113,7 +1103,7 @@ def test_reload_config_call_does_the_same(reloadable):
     # one.
     mine = [f"SELECT count(*) FROM epics /* {marker('kept')} */" for _ in range(6)]
     for sql in mine:
-        run_query(ctx.conn, sql)
+        arrow_of(ctx.conn, sql)
     listing = f"SELECT * FROM system.queries /* {marker('listing')} */"
     kept = records(ctx.conn, listing)
     assert [(r["sql"], r["status"]) for r in kept] == [(sql, "OK") for sql in mine[-4:]] + [(listing, "RUNNING")]
@@ -1136,7 +1126,7 @@ def test_reload_config_call_does_the_same(reloadable):
     # slow_query_history = 2 holds live: the slow log keeps the last 2 queries.
     mine = [f"SELECT count(*) FROM features /* {marker('slow_kept')} */" for _ in range(3)]
     for sql in mine:
-        run_query(ctx.conn, sql)
+        arrow_of(ctx.conn, sql)
     assert [r["sql"] for r in records(ctx.conn, "SELECT * FROM system.slow_queries")] == mine[-2:]
 
 
