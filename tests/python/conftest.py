@@ -360,8 +360,8 @@ def writer(writable_server):
 
 @pytest.fixture(scope="session")
 def quiver_protos(tmp_path_factory):
-    """Python modules generated from proto/quiver/v1/mutations.proto and
-    subscriptions.proto (one protoc run), by module name."""
+    """Python modules generated from proto/quiver/v1/mutations.proto,
+    subscriptions.proto and admin.proto (one protoc run), by module name."""
     out = tmp_path_factory.mktemp("quiver_pb")
     protoc = subprocess.run(
         [
@@ -374,6 +374,7 @@ def quiver_protos(tmp_path_factory):
             f"--grpc_python_out={out}",
             "quiver/v1/mutations.proto",
             "quiver/v1/subscriptions.proto",
+            "quiver/v1/admin.proto",
         ],
         capture_output=True,
         text=True,
@@ -384,7 +385,14 @@ def quiver_protos(tmp_path_factory):
     (out / "quiver" / "v1" / "__init__.py").touch()
     sys.path.insert(0, str(out))
     try:
-        names = ["mutations_pb2", "mutations_pb2_grpc", "subscriptions_pb2", "subscriptions_pb2_grpc"]
+        names = [
+            "mutations_pb2",
+            "mutations_pb2_grpc",
+            "subscriptions_pb2",
+            "subscriptions_pb2_grpc",
+            "admin_pb2",
+            "admin_pb2_grpc",
+        ]
         return {name: importlib.import_module(f"quiver.v1.{name}") for name in names}
     finally:
         sys.path.remove(str(out))

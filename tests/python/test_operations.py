@@ -21,15 +21,12 @@ threshold of 0, and one per backend started with --config for the reload tests."
 
 import contextlib
 import hashlib
-import importlib
 import itertools
 import json
 import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -109,31 +106,9 @@ def wait_for(condition, what: str, timeout: float = 15, interval: float = 0.1):
 
 
 @pytest.fixture(scope="session")
-def admin_pb(quiver_protos, tmp_path_factory):
-    """(admin_pb2, admin_pb2_grpc) generated from proto/quiver/v1/admin.proto, as
-    modules of the `quiver.v1` package the `quiver_protos` fixture made."""
-    out = tmp_path_factory.mktemp("quiver_admin_pb")
-    protoc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            "-I",
-            str(ROOT / "proto"),
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            "quiver/v1/admin.proto",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if protoc.returncode != 0:
-        pytest.fail(f"grpc_tools.protoc failed ({protoc.returncode}):\n{protoc.stdout}{protoc.stderr}")
-    # `quiver.v1` is already imported (from quiver_protos' directory): add this one.
-    package = importlib.import_module("quiver.v1")
-    package.__path__.append(str(out / "quiver" / "v1"))
-    importlib.invalidate_caches()
-    return importlib.import_module("quiver.v1.admin_pb2"), importlib.import_module("quiver.v1.admin_pb2_grpc")
+def admin_pb(quiver_protos):
+    """(admin_pb2, admin_pb2_grpc) generated from proto/quiver/v1/admin.proto."""
+    return quiver_protos["admin_pb2"], quiver_protos["admin_pb2_grpc"]
 
 
 class AdminClient:

@@ -44,9 +44,9 @@ impl TraceLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub rpc_system: &'static str,
-    pub rpc_service: String,
-    pub rpc_method: String,
-    pub rpc_grpc_status_code: String,
+    pub rpc_service: &'static str,
+    pub rpc_method: &'static str,
+    pub rpc_grpc_status_code: i32,
 }
 
 /// An HTTP request, by the OpenTelemetry `http.*` attributes.
@@ -506,9 +506,9 @@ mod tests {
             .rpc_duration
             .get_or_create(&RpcLabels {
                 rpc_system: "grpc",
-                rpc_service: "quiver.v1.Mutations".to_owned(),
-                rpc_method: "Insert".to_owned(),
-                rpc_grpc_status_code: "0".to_owned(),
+                rpc_service: "quiver.v1.Mutations",
+                rpc_method: "Insert",
+                rpc_grpc_status_code: 0,
             })
             .observe(
                 0.003,

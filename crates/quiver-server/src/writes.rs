@@ -146,7 +146,7 @@ impl Writer {
                 "store.transaction",
                 otel.name = "transaction",
                 otel.kind = "client",
-                db.system.name = self.engine.store().dialect().system_name(),
+                db.system.name = self.engine.store().system_name(),
             );
             let mut tx = self.begin_on_store().instrument(span.clone()).await?;
             return match work(&mut tx).instrument(span.clone()).await {

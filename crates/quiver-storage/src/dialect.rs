@@ -39,14 +39,6 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The store's name by the OpenTelemetry `db.system.name` convention.
-    pub fn system_name(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "sqlite",
-            Dialect::Postgres => "postgresql",
-        }
-    }
-
     /// Quotes an identifier.
     pub fn quote_identifier(self, identifier: &str) -> String {
         format!("\"{}\"", identifier.replace('"', "\"\""))

@@ -126,15 +126,12 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
 ];
 
 /// `service` and `method` when this server serves them, else `unknown` for both.
-fn known<'a>(service: &'a str, method: &'a str) -> (&'a str, &'a str) {
-    let served = KNOWN_METHODS
+fn known(service: &str, method: &str) -> (&'static str, &'static str) {
+    KNOWN_METHODS
         .iter()
-        .any(|(s, methods)| *s == service && methods.contains(&method));
-    if served {
-        (service, method)
-    } else {
-        ("unknown", "unknown")
-    }
+        .filter(|(s, _)| *s == service)
+        .find_map(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)))
+        .unwrap_or(("unknown", "unknown"))
 }
 
 /// Whether a gRPC code counts as the server's error in a span's status (the
@@ -191,13 +188,12 @@ where
     fn call(&mut self, request: GrpcRequest) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let path = request.uri().path().to_owned();
+        let path = request.uri().path();
         if path.starts_with("/grpc.health.v1.Health/") {
             return Box::pin(inner.call(request));
         }
-        let (service, method) = service_and_method(&path);
+        let (service, method) = service_and_method(path);
         let (service, method) = known(service, method);
-        let (service, method) = (service.to_owned(), method.to_owned());
         let client = crate::connection::client_address(request.extensions());
         let span = tracing::info_span!(
             "rpc",
@@ -222,12 +218,6 @@ where
                 .headers()
                 .get("grpc-status")
                 .map(|v| tonic::Code::from_bytes(v.as_bytes()));
-            let labels = RpcLabels {
-                rpc_system: "grpc",
-                rpc_service: service,
-                rpc_method: method,
-                rpc_grpc_status_code: String::new(),
-            };
             Ok(response.map(|body| {
                 tonic::body::Body::new(Observed {
                     inner: body,
@@ -247,8 +237,10 @@ where
                                 span.record("otel.status_code", "error");
                             }
                             let labels = RpcLabels {
-                                rpc_grpc_status_code: (code as i32).to_string(),
-                                ..labels
+                                rpc_system: "grpc",
+                                rpc_service: service,
+                                rpc_method: method,
+                                rpc_grpc_status_code: code as i32,
                             };
                             metrics().rpc_duration.get_or_create(&labels).observe(
                                 started.elapsed().as_secs_f64(),
